@@ -1,0 +1,1 @@
+"""Health-PKI trust: anchors, chain and revocation checks, identities, TLS contexts."""

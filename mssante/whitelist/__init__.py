@@ -1,0 +1,1 @@
+"""The ANS whitelist (liste blanche) of operators and domains."""
