@@ -1,0 +1,1 @@
+"""Tests of mssante.operator.store, on SQLite and PostgreSQL (see tests/conftest.py)."""
