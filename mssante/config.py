@@ -1,0 +1,363 @@
+"""One typed, validated settings object, loaded from `mssante.toml` (+ environment for secrets).
+
+Every key is documented in docs/configuration.md with its default. Validation is strict on
+purpose: an operator of health data must not start half-configured. An unknown key, a wrong
+type, a missing file or an unreadable certificate stops the program with *one* message naming
+the key or the path and what is wrong (`ConfigError`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, get_args, get_origin
+
+DEFAULT_CONFIG_NAME = "mssante.toml"
+
+# Secrets may come from the environment instead of the file (12-factor style, and so that the
+# file can be world-readable). The environment wins over the file.
+ENV_CONFIG = "MSSANTE_CONFIG"
+ENV_DATABASE_URL = "MSSANTE_DATABASE_URL"
+ENV_STORAGE_KEYS = "MSSANTE_STORAGE_KEYS"
+ENV_STORAGE_KEY_ID = "MSSANTE_STORAGE_KEY_ID"
+ENV_TLS_KEY_PASSWORD = "MSSANTE_TLS_KEY_PASSWORD"  # noqa: S105 - a variable name, not a secret
+
+
+class ConfigError(Exception):
+    """The configuration cannot be used; the message names the key or path and the problem."""
+
+
+TlsProfile = Literal["mssante", "modern"]
+LogFormat = Literal["kv", "json"]
+LogLevel = Literal["debug", "info", "warning", "error"]
+
+
+@dataclass(frozen=True)
+class OperatorSettings:
+    hostname: str
+    """Our public host name: SMTP greeting, Received: headers, the CN of our certificate."""
+    data_dir: Path = Path("data")
+    patient_domain: str = "patient.mssante.fr"
+
+
+@dataclass(frozen=True)
+class DatabaseSettings:
+    url: str = ""
+    """Empty means the embedded SQLite file `<data_dir>/mssante.db`."""
+
+
+@dataclass(frozen=True)
+class StorageSettings:
+    current_key_id: str = ""
+    keys: dict[str, str] = field(default_factory=dict)
+    max_message_size: int = 25 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class PkiSettings:
+    trust_anchors: Path
+    certificate: Path
+    private_key: Path
+    private_key_password: str = ""
+    tls_profile: TlsProfile = "mssante"
+    crls: list[str] = field(default_factory=list)
+    crl_cache_dir: Path | None = None
+    crl_refresh_seconds: int = 3600
+    require_crl: bool = False
+
+
+@dataclass(frozen=True)
+class LoggingSettings:
+    format: LogFormat = "kv"
+    level: LogLevel = "info"
+
+
+@dataclass(frozen=True)
+class MetricsSettings:
+    enabled: bool = True
+    listen: str = "127.0.0.1:9180"
+
+
+@dataclass(frozen=True)
+class Settings:
+    operator: OperatorSettings
+    pki: PkiSettings
+    database: DatabaseSettings = field(default_factory=DatabaseSettings)
+    storage: StorageSettings = field(default_factory=StorageSettings)
+    logging: LoggingSettings = field(default_factory=LoggingSettings)
+    metrics: MetricsSettings = field(default_factory=MetricsSettings)
+    source: Path = Path(DEFAULT_CONFIG_NAME)
+    """The file these settings were read from (not a key of the file)."""
+
+    @property
+    def database_url(self) -> str:
+        if self.database.url:
+            return self.database.url
+        return f"sqlite+aiosqlite:///{self.operator.data_dir / 'mssante.db'}"
+
+    @property
+    def crl_cache_dir(self) -> Path:
+        return self.pki.crl_cache_dir or self.operator.data_dir / "crl"
+
+
+_TYPE_NAMES: dict[type, str] = {
+    str: "a string",
+    int: "an integer",
+    bool: "a boolean (true or false)",
+    float: "a number",
+    Path: "a path (string)",
+}
+
+
+def _type_name(tp: Any) -> str:
+    origin = get_origin(tp)
+    if origin is Literal:
+        return "one of " + ", ".join(repr(a) for a in get_args(tp))
+    if origin is list:
+        return "a list of " + _type_name(get_args(tp)[0]).removeprefix("a ").removeprefix("an ")
+    if origin is dict:
+        return "a table of " + _type_name(get_args(tp)[1]).removeprefix("a ").removeprefix("an ")
+    if dataclasses.is_dataclass(tp):
+        return "a table"
+    return _TYPE_NAMES.get(tp, str(tp))
+
+
+def _describe(value: object) -> str:
+    kinds = {bool: "boolean", int: "integer", float: "number", str: "string", list: "array"}
+    for kind, name in kinds.items():
+        if type(value) is kind:
+            return f"{name} {value!r}" if not isinstance(value, list) else name
+    if isinstance(value, dict):
+        return "table"
+    return type(value).__name__
+
+
+def _convert(value: object, tp: Any, key: str, base: Path) -> object:
+    """Check `value` against the annotation `tp`; return it converted (paths made absolute)."""
+    origin = get_origin(tp)
+    if origin in (types.UnionType, typing.Union):
+        # Only `X | None` is used: TOML has no null, so the value is always an X.
+        (inner,) = (a for a in get_args(tp) if a is not type(None))
+        return _convert(value, inner, key, base)
+    if origin is Literal:
+        if value not in get_args(tp):
+            raise ConfigError(f"{key}: expected {_type_name(tp)}, got {_describe(value)}")
+        return value
+    if origin is list:
+        if not isinstance(value, list):
+            raise ConfigError(f"{key}: expected {_type_name(tp)}, got {_describe(value)}")
+        (item,) = get_args(tp)
+        return [_convert(v, item, f"{key}[{i}]", base) for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected {_type_name(tp)}, got {_describe(value)}")
+        _, item = get_args(tp)
+        return {str(k): _convert(v, item, f"{key}.{k}", base) for k, v in value.items()}
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ConfigError(f"[{key}]: expected a table, got {_describe(value)}")
+        return _build(tp, value, key, base)  # type: ignore[arg-type]
+    if tp is Path:
+        if not isinstance(value, str) or not value:
+            raise ConfigError(f"{key}: expected {_type_name(tp)}, got {_describe(value)}")
+        path = Path(value).expanduser()
+        return path if path.is_absolute() else (base / path)
+    # bool is a subclass of int in Python; TOML keeps them apart, and so do we.
+    if tp is int and (type(value) is not int):
+        raise ConfigError(f"{key}: expected {_type_name(tp)}, got {_describe(value)}")
+    if tp is float and type(value) not in (int, float):
+        raise ConfigError(f"{key}: expected {_type_name(tp)}, got {_describe(value)}")
+    if tp in (str, bool) and type(value) is not tp:
+        raise ConfigError(f"{key}: expected {_type_name(tp)}, got {_describe(value)}")
+    return value
+
+
+def _build(cls: type[Any], table: Mapping[str, object], prefix: str, base: Path) -> Any:
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.name != "source"}
+    for name in table:
+        if name not in fields:
+            where = f"[{prefix}]" if prefix else "top level"
+            known = ", ".join(sorted(fields))
+            raise ConfigError(f"{_join(prefix, name)}: unknown key in {where} (known: {known})")
+    values: dict[str, object] = {}
+    for name, f in fields.items():
+        key = _join(prefix, name)
+        if name in table:
+            values[name] = _convert(table[name], hints[name], key, base)
+        elif isinstance(f.default, Path) and not f.default.is_absolute():
+            values[name] = base / f.default  # default paths are relative to the file too
+        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+            if dataclasses.is_dataclass(hints[name]):
+                raise ConfigError(f"[{key}]: missing required table")
+            raise ConfigError(f"{key}: missing required key")
+    return cls(**values)
+
+
+def _join(prefix: str, name: str) -> str:
+    return f"{prefix}.{name}" if prefix else name
+
+
+def _apply_environment(raw: dict[str, Any], env: Mapping[str, str]) -> None:
+    """Secrets from the environment override the file (the file may then omit them)."""
+    if url := env.get(ENV_DATABASE_URL):
+        raw.setdefault("database", {})["url"] = url
+    if keys := env.get(ENV_STORAGE_KEYS):
+        storage = raw.setdefault("storage", {})
+        parsed: dict[str, str] = {}
+        for item in keys.split(","):
+            key_id, sep, value = item.strip().partition("=")
+            if not sep or not key_id.strip() or not value.strip():
+                raise ConfigError(
+                    f"{ENV_STORAGE_KEYS}: expected KEY_ID=KEY[,KEY_ID=KEY…], got an item "
+                    f"without '=' or with an empty part"
+                )
+            parsed[key_id.strip()] = value.strip()
+        storage["keys"] = parsed
+    if current_id := env.get(ENV_STORAGE_KEY_ID):
+        raw.setdefault("storage", {})["current_key_id"] = current_id
+    if password := env.get(ENV_TLS_KEY_PASSWORD):
+        raw.setdefault("pki", {})["private_key_password"] = password
+
+
+def parse_settings(text: str, source: Path, env: Mapping[str, str] | None = None) -> Settings:
+    """Parse and type-check a TOML document; relative paths are relative to its directory."""
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{source}: not valid TOML: {exc}") from None
+    _apply_environment(raw, os.environ if env is None else env)
+    base = source.parent.resolve()
+    settings: Settings = _build(Settings, raw, "", base)
+    # A CRL source is a URL or a file; files, like every path, are relative to the config.
+    crls = [c if "://" in c else str(base / Path(c).expanduser()) for c in settings.pki.crls]
+    settings = dataclasses.replace(
+        settings, source=source, pki=dataclasses.replace(settings.pki, crls=crls)
+    )
+    return _check_values(settings)
+
+
+def _check_values(settings: Settings) -> Settings:
+    """Constraints a type cannot express; returns the settings with derived defaults filled."""
+    storage = settings.storage
+    if not storage.keys:
+        raise ConfigError(
+            f"storage.keys: no message encryption key configured (set [storage.keys] or "
+            f"{ENV_STORAGE_KEYS}; `mssante keygen` makes one)"
+        )
+    if not storage.current_key_id:
+        if len(storage.keys) != 1:
+            raise ConfigError("storage.current_key_id: required when several keys are configured")
+        (only,) = storage.keys
+        storage = dataclasses.replace(storage, current_key_id=only)
+        settings = dataclasses.replace(settings, storage=storage)
+    if storage.current_key_id not in storage.keys:
+        raise ConfigError(
+            f"storage.current_key_id: {storage.current_key_id!r} is not one of storage.keys "
+            f"({', '.join(sorted(storage.keys))})"
+        )
+    from mssante.operator.store.crypto import parse_key  # the store defines the key format
+
+    for key_id, text in storage.keys.items():
+        try:
+            parse_key(text)
+        except ValueError as exc:
+            raise ConfigError(f"storage.keys.{key_id}: {exc}") from None
+    if storage.max_message_size <= 0:
+        raise ConfigError("storage.max_message_size: must be a positive number of bytes")
+    if settings.pki.crl_refresh_seconds < 60:
+        raise ConfigError("pki.crl_refresh_seconds: must be at least 60")
+    if not settings.operator.hostname or "." not in settings.operator.hostname:
+        raise ConfigError(
+            f"operator.hostname: expected a fully qualified host name, "
+            f"got {settings.operator.hostname!r}"
+        )
+    if settings.metrics.enabled:
+        parse_host_port(settings.metrics.listen, "metrics.listen")
+    return settings
+
+
+def parse_host_port(text: str, key: str) -> tuple[str, int]:
+    """`host:port` or `[v6]:port` → (host, port); ConfigError naming `key` otherwise."""
+    host, sep, port_text = text.rpartition(":")
+    host = host.strip("[]")
+    if not sep or not host or not port_text.isdigit() or not 0 < int(port_text) < 65536:
+        raise ConfigError(f"{key}: expected HOST:PORT, got {text!r}")
+    return host, int(port_text)
+
+
+def check_files(settings: Settings) -> None:
+    """Every file the settings name exists and is what it should be.
+
+    Done at start (and by `mssante check-config`), so a wrong path is reported before any
+    listener opens, naming the key and the path.
+    """
+    # Late imports: the PKI layer is the one place that reads certificates and keys.
+    from mssante.pki import anchors, tls
+    from mssante.pki.errors import PkiError
+
+    pki = settings.pki
+    for key, path in (
+        ("pki.trust_anchors", pki.trust_anchors),
+        ("pki.certificate", pki.certificate),
+        ("pki.private_key", pki.private_key),
+    ):
+        if not path.is_file():
+            raise ConfigError(f"{key}: {path}: no such file")
+        try:
+            path.read_bytes()
+        except OSError as exc:
+            raise ConfigError(f"{key}: {path}: cannot read: {exc.strerror}") from None
+    for index, crl in enumerate(pki.crls):
+        if "://" not in crl and not Path(crl).is_file():
+            raise ConfigError(f"pki.crls[{index}]: {crl}: no such file")
+        if "://" in crl and not crl.startswith(("http://", "https://")):
+            raise ConfigError(f"pki.crls[{index}]: {crl}: only http:// and https:// URLs")
+    try:
+        anchors.load_certificates(pki.trust_anchors)
+    except PkiError as exc:
+        raise ConfigError(f"pki.trust_anchors: {exc}") from None
+    try:
+        # Building the server context loads the certificate and the key together, which is
+        # exactly what the listeners will do: a key that does not match fails here, not later.
+        tls.server_context(
+            pki.tls_profile,
+            pki.certificate,
+            pki.private_key,
+            pki.trust_anchors,
+            client_cert="optional",
+            key_password=pki.private_key_password or None,
+        )
+    except PkiError as exc:
+        raise ConfigError(f"pki.certificate/pki.private_key: {exc}") from None
+
+
+def config_path(explicit: str | os.PathLike[str] | None) -> Path:
+    """The file to read: the --config option, else $MSSANTE_CONFIG, else ./mssante.toml."""
+    if explicit:
+        return Path(explicit)
+    if env := os.environ.get(ENV_CONFIG):
+        return Path(env)
+    return Path(DEFAULT_CONFIG_NAME)
+
+
+def load_settings(path: Path, *, check: bool = True) -> Settings:
+    """Read, parse and validate the configuration file; with `check`, its files too."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: configuration file not found") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not UTF-8 text") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
+    settings = parse_settings(text, path)
+    if check:
+        check_files(settings)
+    return settings
