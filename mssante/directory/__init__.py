@@ -1,0 +1,1 @@
+"""Mirror of the national MSSanté directory. Arrives with the directory issue."""

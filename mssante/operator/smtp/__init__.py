@@ -1,0 +1,1 @@
+"""SMTP relay (peer operators) and submission (clients). Arrives with the relay issue."""

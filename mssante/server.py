@@ -1,0 +1,136 @@
+"""Start every enabled listener in one event loop; stop them all cleanly.
+
+Start-up order is chosen so that nothing is accepted before it can be honoured: the schema is
+checked (an outdated one refuses to start and names the fix), the store opened, the PKI loaded
+(trust anchors, CRLs from the cache then the sources), and only then do listeners open.
+Shutdown is the reverse: listeners stop accepting, in-flight sessions finish or are cut after a
+grace period, background tasks are cancelled, the store is closed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+from mssante import metrics
+from mssante.config import Settings, parse_host_port
+from mssante.logs import event
+from mssante.operator.store.crypto import BlobCipher
+from mssante.operator.store.db import Store, mask_url
+from mssante.operator.store.migrate import check_schema
+from mssante.pki.runtime import Pki
+
+log = logging.getLogger("mssante.server")
+
+SHUTDOWN_GRACE_SECONDS = 10.0
+
+
+class StartupError(Exception):
+    """The operator cannot start (a listener cannot bind, …); the message says which and why."""
+
+
+async def _listen(
+    key: str, address: str, starter: Callable[[str, int], Awaitable[asyncio.Server]]
+) -> asyncio.Server:
+    """Open one listener; a busy or forbidden address is a one-line StartupError."""
+    host, port = parse_host_port(address, key)
+    try:
+        return await starter(host, port)
+    except OSError as exc:
+        reason = exc.strerror or str(exc)
+        raise StartupError(f"{key}: cannot listen on {address}: {reason.lower()}") from None
+
+
+@dataclass
+class Running:
+    """What `start` opened; `listeners` maps a listener name to "host:port"."""
+
+    settings: Settings
+    store: Store
+    pki: Pki
+    listeners: dict[str, str] = field(default_factory=dict)
+    servers: list[asyncio.Server] = field(default_factory=list)
+    tasks: list[asyncio.Task[None]] = field(default_factory=list)
+
+
+def open_cipher(settings: Settings) -> BlobCipher:
+    return BlobCipher.from_text(settings.storage.keys, settings.storage.current_key_id)
+
+
+async def start(settings: Settings) -> Running:
+    url = settings.database_url
+    await check_schema(url)
+    store = await Store.open(url, open_cipher(settings))
+    try:
+        pki = await Pki.load(settings.pki, settings.crl_cache_dir)
+        running = Running(settings, store, pki)
+        running.tasks.append(
+            asyncio.create_task(
+                pki.crls.run_periodic(settings.pki.crl_refresh_seconds), name="crl-refresh"
+            )
+        )
+        if settings.metrics.enabled:
+            server = await _listen("metrics.listen", settings.metrics.listen, metrics.start)
+            running.servers.append(server)
+            running.listeners["metrics"] = _bound(server)
+    except BaseException:
+        await store.close()
+        raise
+    metrics.mark_started()
+    for name, where in running.listeners.items():
+        event(log, "listener started", listener=name, address=where)
+    event(
+        log,
+        "operator started",
+        hostname=settings.operator.hostname,
+        database=mask_url(url),
+        tls_profile=settings.pki.tls_profile,
+    )
+    return running
+
+
+def _bound(server: asyncio.Server) -> str:
+    host, port = server.sockets[0].getsockname()[:2]
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+async def stop(running: Running) -> None:
+    for server in running.servers:
+        server.close()
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(
+            asyncio.gather(*(s.wait_closed() for s in running.servers)),
+            SHUTDOWN_GRACE_SECONDS,
+        )
+    for task in running.tasks:
+        task.cancel()
+    await asyncio.gather(*running.tasks, return_exceptions=True)
+    await running.store.close()
+    event(log, "operator stopped")
+
+
+async def serve(
+    settings: Settings, on_ready: Callable[[Running], Awaitable[None] | None] | None = None
+) -> int:
+    """Run until SIGINT or SIGTERM; `on_ready` is called once every listener accepts."""
+    stopping = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stopping.set)
+    running = await start(settings)
+    try:
+        if on_ready is not None:
+            result = on_ready(running)
+            if result is not None:
+                await result
+        await stopping.wait()
+        event(log, "shutdown requested")
+    finally:
+        await stop(running)
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+    return 0

@@ -1,0 +1,1 @@
+"""The patients thin webmail. Arrives with the patients issue."""
