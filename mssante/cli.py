@@ -12,12 +12,15 @@ import getpass
 import json
 import logging
 import sys
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from mssante import __version__, logs
 from mssante.config import ConfigError, Settings, config_path, load_settings
+
+if TYPE_CHECKING:  # the admin layer imports the store: loaded only by commands that need it
+    from mssante.admin import Admin
 
 EXIT_REFUSED = 1
 EXIT_USAGE = 2
@@ -132,104 +135,97 @@ def cmd_db(args: argparse.Namespace) -> int:
     return _run(go())
 
 
-def cmd_domain(args: argparse.Namespace) -> int:
+def _with_admin(args: argparse.Namespace, body: Callable[[Admin], Awaitable[None]]) -> int:
+    """Run `body` with the administrative operations of the configured store."""
     from mssante import admin
 
     settings = _settings(args, check=False)
 
     async def go() -> None:
         async with admin.open_admin(settings) as ops:
-            if args.domain_command == "add":
-                await ops.add_domain(args.domain)
-                print(f"domain {args.domain.lower()} is now hosted")
-            else:
-                for name in await ops.list_domains():
-                    print(name)
+            await body(ops)
 
     return _run(go())
+
+
+def cmd_domain(args: argparse.Namespace) -> int:
+    async def body(ops: Admin) -> None:
+        if args.domain_command == "add":
+            print(f"domain {await ops.add_domain(args.domain)} is now hosted")
+        else:
+            for name in await ops.list_domains():
+                print(name)
+
+    return _with_admin(args, body)
 
 
 def cmd_mailbox(args: argparse.Namespace) -> int:
-    from mssante import admin
-
-    settings = _settings(args, check=False)
     sub = args.mailbox_command
     password: str | None = None
-    if sub == "add":
-        password = _read_password(args, required=False)
-    elif sub == "passwd":
-        password = _read_password(args, required=True)
+    if sub in ("add", "passwd"):
+        password = _read_password(args, required=sub == "passwd")
 
-    async def go() -> None:
-        async with admin.open_admin(settings) as ops:
-            if sub == "add":
-                box = await ops.add_mailbox(
-                    args.address,
-                    args.type,
-                    display_name=args.name,
-                    national_id=args.national_id,
-                    password=password,
-                    state=args.state,
-                )
-                print(f"mailbox {box.address} ({box.type}, {box.state}) created")
-            elif sub == "list":
-                rows = await ops.list_mailboxes(args.type)
-                if args.json:
-                    print(json.dumps([r.as_json() for r in rows], ensure_ascii=False, indent=2))
-                for r in rows if not args.json else []:
+    async def body(ops: Admin) -> None:
+        if sub == "add":
+            box = await ops.add_mailbox(
+                args.address,
+                args.type,
+                display_name=args.name,
+                national_id=args.national_id,
+                password=password,
+                state=args.state,
+            )
+            print(f"mailbox {box.address} ({box.type}, {box.state}) created")
+        elif sub == "list":
+            rows = await ops.list_mailboxes(args.type)
+            if args.json:
+                print(json.dumps([r.as_json() for r in rows], ensure_ascii=False, indent=2))
+            else:
+                for r in rows:
                     print(f"{r.address:<45} {r.type:<8} {r.state:<9} {r.display_name}")
-            elif sub == "show":
-                info = await ops.show_mailbox(args.address)
-                print(json.dumps(info, ensure_ascii=False, indent=2, default=str))
-            elif sub in ("disable", "enable", "activate", "close"):
-                box = await ops.change_state(args.address, sub)
-                print(f"mailbox {box.address} is now {box.state}")
-            elif sub == "passwd":
-                assert password is not None
-                await ops.set_password(args.address, password)
-                print(f"password of {args.address.lower()} changed")
-            elif sub == "bind-cert":
-                binding = await ops.bind_certificate(args.address, Path(args.certificate))
-                print(f"{args.address.lower()}: bound to certificate {binding}")
+        elif sub == "show":
+            info = await ops.show_mailbox(args.address)
+            print(json.dumps(info, ensure_ascii=False, indent=2, default=str))
+        elif sub in ("disable", "enable", "activate", "close"):
+            box = await ops.change_state(args.address, sub)
+            print(f"mailbox {box.address} is now {box.state}")
+        elif sub == "passwd":
+            assert password is not None  # required=True above
+            await ops.set_password(args.address, password)
+            print(f"password of {args.address.lower()} changed")
+        elif sub == "bind-cert":
+            binding = await ops.bind_certificate(args.address, Path(args.certificate))
+            print(f"{args.address.lower()}: bound to certificate {binding}")
 
-    return _run(go())
+    return _with_admin(args, body)
 
 
 def cmd_delegate(args: argparse.Namespace) -> int:
-    from mssante import admin
+    from mssante.admin import parse_rights
 
-    settings = _settings(args, check=False)
+    async def body(ops: Admin) -> None:
+        if args.delegate_command == "grant":
+            rights = parse_rights(args.rights)
+            await ops.grant(args.owner, args.grantee, rights)
+            print(
+                f"{args.grantee.lower()} may now {', '.join(sorted(rights))} {args.owner.lower()}"
+            )
+        elif args.delegate_command == "revoke":
+            await ops.revoke(args.owner, args.grantee)
+            print(f"{args.grantee.lower()} no longer has access to {args.owner.lower()}")
+        else:
+            for g in await ops.list_grants(args.address):
+                print(f"{g.owner:<40} {g.grantee:<40} {','.join(g.rights)}")
 
-    async def go() -> None:
-        async with admin.open_admin(settings) as ops:
-            if args.delegate_command == "grant":
-                rights = admin.parse_rights(args.rights)
-                await ops.grant(args.owner, args.grantee, rights)
-                print(
-                    f"{args.grantee.lower()} may now {', '.join(sorted(rights))} "
-                    f"{args.owner.lower()}"
-                )
-            elif args.delegate_command == "revoke":
-                await ops.revoke(args.owner, args.grantee)
-                print(f"{args.grantee.lower()} no longer has access to {args.owner.lower()}")
-            else:
-                for g in await ops.list_grants(args.address):
-                    print(f"{g.owner:<40} {g.grantee:<40} {','.join(g.rights)}")
-
-    return _run(go())
+    return _with_admin(args, body)
 
 
 def cmd_audit(args: argparse.Namespace) -> int:
-    from mssante import admin
+    async def body(ops: Admin) -> None:
+        for line in await ops.audit(args.limit, args.event):
+            print(json.dumps(line, ensure_ascii=False, default=str))
 
-    settings = _settings(args, check=False)
-
-    async def go() -> None:
-        async with admin.open_admin(settings) as ops:
-            for line in await ops.audit(args.limit, args.event):
-                print(json.dumps(line, ensure_ascii=False, default=str))
-
-    return _run(go())
+    return _with_admin(args, body)
 
 
 def cmd_pki(args: argparse.Namespace) -> int:

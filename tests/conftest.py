@@ -25,7 +25,7 @@ import tempfile
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import NoReturn
+from typing import NoReturn, Protocol
 
 import asyncpg
 import pytest
@@ -215,3 +215,45 @@ async def store(store_url: str, cipher: BlobCipher) -> AsyncIterator[Store]:
         yield opened
     finally:
         await opened.close()
+
+
+FIXTURES = Path(__file__).parents[1] / "tls-fixtures"
+
+
+class ConfigWriter(Protocol):
+    def __call__(
+        self, *, database_url: str | None = None, pki: str = "", extra: str = ""
+    ) -> Path: ...
+
+
+@pytest.fixture
+def write_config(tmp_path: Path) -> ConfigWriter:
+    """Writes `tmp_path/mssante.toml` for the committed test PKI; returns its path.
+
+    `pki` adds lines to the [pki] table, `extra` appends tables. Without `database_url` the
+    default embedded SQLite file under `tmp_path/data` is used.
+    """
+
+    def write(*, database_url: str | None = None, pki: str = "", extra: str = "") -> Path:
+        database = f'[database]\nurl = "{database_url}"\n' if database_url else ""
+        path = tmp_path / "mssante.toml"
+        path.write_text(
+            f"""
+[operator]
+hostname = "mx.test.mssante.test"
+data_dir = "{tmp_path / "data"}"
+patient_domain = "patient.mssante.test"
+{database}
+[pki]
+trust_anchors = "{FIXTURES / "ca-bundle.pem"}"
+certificate = "{FIXTURES / "operator.pem"}"
+private_key = "{FIXTURES / "operator.key"}"
+{pki}
+[storage.keys]
+k1 = "{TEST_KEY.hex()}"
+{extra}
+"""
+        )
+        return path
+
+    return write

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -18,7 +19,9 @@ from mssante.operator.store.errors import SchemaOutdated
 from mssante.operator.store.migrate import upgrade
 from mssante.server import StartupError, start, stop
 
+ConfigWriter = Callable[..., Path]  # the `write_config` fixture of tests/conftest.py
 FIXTURES = Path(__file__).parents[1] / "tls-fixtures"
+
 MSSANTE = str(Path(sys.executable).with_name("mssante"))
 
 
@@ -28,41 +31,29 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _config(directory: Path, url: str, port: int) -> Path:
-    path = directory / "mssante.toml"
+def _config(write_config: ConfigWriter, url: str, port: int) -> Path:
     crls = [str(FIXTURES / f"{ca}.crl.pem") for ca in ("root-ca", "org-ca", "pro-ca")]
-    path.write_text(
-        f"""
-[operator]
-hostname = "mx.test.mssante.test"
-[database]
-url = "{url}"
-[pki]
-trust_anchors = "{FIXTURES / "ca-bundle.pem"}"
-certificate = "{FIXTURES / "operator.pem"}"
-private_key = "{FIXTURES / "operator.key"}"
-crls = {json.dumps(crls)}
-[storage.keys]
-k1 = "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY="
-[logging]
-format = "json"
-[metrics]
-listen = "127.0.0.1:{port}"
-"""
+    return write_config(
+        database_url=url,
+        pki=f"crls = {json.dumps(crls)}",
+        extra=f'[logging]\nformat = "json"\n[metrics]\nlisten = "127.0.0.1:{port}"\n',
     )
-    return path
 
 
-async def test_start_refuses_an_outdated_schema(store_url: str, tmp_path: Path) -> None:
-    settings = load_settings(_config(tmp_path, store_url, _free_port()))
+async def test_start_refuses_an_outdated_schema(
+    store_url: str, tmp_path: Path, write_config: ConfigWriter
+) -> None:
+    settings = load_settings(_config(write_config, store_url, _free_port()))
     with pytest.raises(SchemaOutdated, match="mssante db upgrade"):
         await start(settings)
 
 
-async def test_start_loads_pki_and_serves_metrics(store_url: str, tmp_path: Path) -> None:
+async def test_start_loads_pki_and_serves_metrics(
+    store_url: str, tmp_path: Path, write_config: ConfigWriter
+) -> None:
     await upgrade(store_url)
     port = _free_port()
-    running = await start(load_settings(_config(tmp_path, store_url, port)))
+    running = await start(load_settings(_config(write_config, store_url, port)))
     try:
         assert running.listeners == {"metrics": f"127.0.0.1:{port}"}
         # CRLs were loaded (and cached for a restart without network).
@@ -77,12 +68,14 @@ async def test_start_loads_pki_and_serves_metrics(store_url: str, tmp_path: Path
         await stop(running)
 
 
-async def test_metrics_listener_rejects_bad_requests(store_url: str, tmp_path: Path) -> None:
+async def test_metrics_listener_rejects_bad_requests(
+    store_url: str, tmp_path: Path, write_config: ConfigWriter
+) -> None:
     import asyncio
 
     await upgrade(store_url)
     port = _free_port()
-    running = await start(load_settings(_config(tmp_path, store_url, port)))
+    running = await start(load_settings(_config(write_config, store_url, port)))
     try:
         for request, status in (
             (b"POST /metrics HTTP/1.1\r\n\r\n", b"405"),
@@ -103,23 +96,25 @@ async def test_metrics_listener_rejects_bad_requests(store_url: str, tmp_path: P
         await stop(running)
 
 
-async def test_busy_port_is_a_clear_startup_error(store_url: str, tmp_path: Path) -> None:
+async def test_busy_port_is_a_clear_startup_error(
+    store_url: str, tmp_path: Path, write_config: ConfigWriter
+) -> None:
     await upgrade(store_url)
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))
         busy.listen()
         port = busy.getsockname()[1]
-        settings = load_settings(_config(tmp_path, store_url, port))
+        settings = load_settings(_config(write_config, store_url, port))
         with pytest.raises(
             StartupError, match=f"metrics.listen: cannot listen on 127.0.0.1:{port}"
         ):
             await start(settings)
 
 
-def test_serve_process_stops_cleanly_on_sigterm(tmp_path: Path) -> None:
+def test_serve_process_stops_cleanly_on_sigterm(tmp_path: Path, write_config: ConfigWriter) -> None:
     url = f"sqlite:///{tmp_path / 'serve.db'}"
     port = _free_port()
-    config = _config(tmp_path, url, port)
+    config = _config(write_config, url, port)
     subprocess.run(
         [MSSANTE, "--config", str(config), "db", "upgrade"], check=True, capture_output=True
     )
@@ -151,8 +146,10 @@ def test_serve_process_stops_cleanly_on_sigterm(tmp_path: Path) -> None:
     assert "MDEyMzQ1" not in err  # the storage key never reaches the log
 
 
-def test_serve_refuses_outdated_schema_in_one_line(tmp_path: Path) -> None:
-    config = _config(tmp_path, f"sqlite:///{tmp_path / 'empty.db'}", _free_port())
+def test_serve_refuses_outdated_schema_in_one_line(
+    tmp_path: Path, write_config: ConfigWriter
+) -> None:
+    config = _config(write_config, f"sqlite:///{tmp_path / 'empty.db'}", _free_port())
     done = subprocess.run(
         [MSSANTE, "--config", str(config), "serve"],
         capture_output=True,

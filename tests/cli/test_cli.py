@@ -8,14 +8,15 @@ from __future__ import annotations
 import io
 import json
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 from mssante.cli import main
-from mssante.operator.store.crypto import generate_key
+
+ConfigWriter = Callable[..., Path]  # the `write_config` fixture of tests/conftest.py
 
 FIXTURES = Path(__file__).parents[2] / "tls-fixtures"
 PATIENT = "146026322000196@patient.mssante.test"
@@ -47,38 +48,14 @@ class Cli:
         return err
 
 
-def write_config(directory: Path, database_url: str) -> Path:
-    config = directory / "mssante.toml"
-    config.write_text(
-        f"""
-[operator]
-hostname = "mx.test.mssante.test"
-data_dir = "{directory / "data"}"
-patient_domain = "patient.mssante.test"
-
-[database]
-url = "{database_url}"
-
-[pki]
-trust_anchors = "{FIXTURES / "ca-bundle.pem"}"
-certificate = "{FIXTURES / "operator.pem"}"
-private_key = "{FIXTURES / "operator.key"}"
-
-[storage.keys]
-k1 = "{generate_key()}"
-"""
-    )
-    return config
-
-
 @pytest.fixture
 def cli(
     store_url: str,
-    tmp_path: Path,
+    write_config: ConfigWriter,
     capsys: pytest.CaptureFixture[str],
     monkeypatch: pytest.MonkeyPatch,
 ) -> Iterator[Cli]:
-    yield Cli(write_config(tmp_path, store_url), capsys, monkeypatch)
+    yield Cli(write_config(database_url=store_url), capsys, monkeypatch)
 
 
 @pytest.fixture

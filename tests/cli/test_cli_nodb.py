@@ -5,12 +5,15 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from mssante.cli import build_parser, main
 from mssante.operator.store.crypto import parse_key
+
+ConfigWriter = Callable[..., Path]  # the `write_config` fixture of tests/conftest.py
 
 FIXTURES = Path(__file__).parents[2] / "tls-fixtures"
 
@@ -21,29 +24,13 @@ def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
     return code, out, err
 
 
-def _config(tmp_path: Path, extra: str = "") -> Path:
-    path = tmp_path / "mssante.toml"
-    path.write_text(
-        f"""
-[operator]
-hostname = "mx.test.mssante.test"
-[pki]
-trust_anchors = "{FIXTURES / "ca-bundle.pem"}"
-certificate = "{FIXTURES / "operator.pem"}"
-private_key = "{FIXTURES / "operator.key"}"
-{extra}
-[storage.keys]
-k1 = "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY="
-"""
-    )
-    return path
-
-
-def test_check_config_ok_and_refusals(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    path = _config(tmp_path)
+def test_check_config_ok_and_refusals(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], write_config: ConfigWriter
+) -> None:
+    path = write_config()
     code, out, _ = run(capsys, "check-config", str(path))
     assert code == 0 and "ok" in out and "TLS profile mssante" in out
-    bad = _config(tmp_path, 'tls_profile = "tls13"')
+    bad = write_config(pki='tls_profile = "tls13"')
     code, _, err = run(capsys, "check-config", str(bad))
     assert code == 1
     assert err == (
@@ -54,9 +41,12 @@ def test_check_config_ok_and_refusals(tmp_path: Path, capsys: pytest.CaptureFixt
 
 
 def test_check_config_uses_environment_for_the_path(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    write_config: ConfigWriter,
 ) -> None:
-    monkeypatch.setenv("MSSANTE_CONFIG", str(_config(tmp_path)))
+    monkeypatch.setenv("MSSANTE_CONFIG", str(write_config()))
     code, out, _ = run(capsys, "check-config")
     assert code == 0 and str(tmp_path) in out
 
@@ -109,10 +99,10 @@ def test_pki_verify(
 
 
 def test_pki_verify_with_configured_trust(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    capsys: pytest.CaptureFixture[str], write_config: ConfigWriter
 ) -> None:
     crl = FIXTURES / "org-ca.crl.pem"
-    path = _config(tmp_path, f'crls = ["{crl}"]')
+    path = write_config(pki=f'crls = ["{crl}"]')
     code, out, _ = run(
         capsys, "--config", str(path), "pki", "verify", str(FIXTURES / "peer-revoked.pem")
     )

@@ -177,6 +177,17 @@ async def ping(engine: AsyncEngine) -> None:
         ) from None
 
 
+async def open_engine(url: str) -> AsyncEngine:
+    """`create_engine` then `ping`: an engine known to reach its database, or StoreError."""
+    engine = create_engine(url)
+    try:
+        await ping(engine)
+    except BaseException:
+        await engine.dispose()
+        raise
+    return engine
+
+
 class Store:
     """The engine, the session factories and the blob cipher, opened once per process.
 
@@ -196,13 +207,7 @@ class Store:
     @classmethod
     async def open(cls, url: str, cipher: BlobCipher) -> Store:
         """Create the engine and check the database answers (StoreError if it does not)."""
-        engine = create_engine(url)
-        try:
-            await ping(engine)
-        except BaseException:
-            await engine.dispose()
-            raise
-        return cls(engine, cipher)
+        return cls(await open_engine(url), cipher)
 
     @property
     def dialect(self) -> str:

@@ -16,9 +16,8 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import SQLAlchemyError
-from sqlalchemy.ext.asyncio import AsyncEngine
 
-from mssante.operator.store.db import create_engine, mask_url, ping
+from mssante.operator.store.db import mask_url, open_engine
 from mssante.operator.store.errors import SchemaOutdated, StoreError
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
@@ -43,16 +42,6 @@ def _known_revisions() -> set[str]:
     return {script.revision for script in ScriptDirectory.from_config(_config()).walk_revisions()}
 
 
-async def _open(url: str) -> AsyncEngine:
-    engine = create_engine(url)
-    try:
-        await ping(engine)
-    except BaseException:
-        await engine.dispose()
-        raise
-    return engine
-
-
 def _run_command(connection: Connection, action: str, revision: str) -> None:
     config = _config()
     config.attributes["connection"] = connection
@@ -63,7 +52,7 @@ def _run_command(connection: Connection, action: str, revision: str) -> None:
 
 
 async def _migrate(url: str, action: str, revision: str) -> None:
-    engine = await _open(url)
+    engine = await open_engine(url)
     try:
         async with engine.begin() as conn:
             await conn.run_sync(_run_command, action, revision)
@@ -89,7 +78,7 @@ def _current(connection: Connection) -> str | None:
 
 async def current_revision(url: str) -> str | None:
     """The revision the database is at; None for a database never migrated."""
-    engine = await _open(url)
+    engine = await open_engine(url)
     try:
         async with engine.connect() as conn:
             return await conn.run_sync(_current)
