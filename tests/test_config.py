@@ -185,3 +185,19 @@ def test_check_files_is_separate_from_parsing(tmp_path: Path) -> None:
     (tmp_path / "tls" / "ca-bundle.pem").unlink()
     with pytest.raises(ConfigError, match=r"pki\.trust_anchors"):
         check_files(settings)
+
+
+def test_every_key_is_documented_with_its_default() -> None:
+    import dataclasses
+    import typing
+
+    from mssante.config import Settings
+
+    doc = (Path(__file__).parents[1] / "docs" / "configuration.md").read_text()
+    for name, table in typing.get_type_hints(Settings).items():
+        if name == "source":
+            continue
+        assert f"## `[{name}]`" in doc, name
+        section = doc.split(f"## `[{name}]`", 1)[1].split("\n## ", 1)[0]
+        for key in dataclasses.fields(table):
+            assert f"| `{key.name}` |" in section, f"{name}.{key.name}"
