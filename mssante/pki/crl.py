@@ -24,22 +24,20 @@ import asyncio
 import contextlib
 import hashlib
 import logging
-import os
-import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Final
 
-import httpx
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import dsa, ec, ed448, ed25519, rsa
 
-from mssante.pki.anchors import TrustStore, read_bounded, subject_key_id
+from mssante.fetch import FetchError, download, read_bounded, write_atomically
+from mssante.pki.anchors import TrustStore, subject_key_id
 from mssante.pki.dn import dn_to_string
-from mssante.pki.errors import CertificateLoadError, PkiError
+from mssante.pki.errors import PkiError
 
 log = logging.getLogger("mssante.pki")
 
@@ -256,33 +254,16 @@ class CrlStore:
         state.last_error = None
 
     async def _fetch(self, source: str) -> bytes:
-        if _is_url(source):
-            return await self._download(source)
         try:
+            if _is_url(source):
+                # IGC-Santé publishes CRLs over plain http: integrity comes from the CRL
+                # signature (RFC 5280 §5), so no TLS requirement here.
+                return await download(
+                    source, max_bytes=self._max_bytes, timeout_seconds=self._timeout
+                )
             return await asyncio.to_thread(read_bounded, Path(source), self._max_bytes)
-        except CertificateLoadError as exc:
+        except FetchError as exc:
             raise CrlRefused(exc.problem) from None
-
-    async def _download(self, url: str) -> bytes:
-        # IGC-Santé publishes CRLs over plain http: integrity comes from the CRL signature
-        # (RFC 5280 §5), so no TLS requirement here.
-        try:
-            async with (
-                httpx.AsyncClient(timeout=self._timeout, follow_redirects=True) as client,
-                client.stream("GET", url) as response,
-            ):
-                if response.status_code != httpx.codes.OK:
-                    raise CrlRefused(f"HTTP status {response.status_code}")
-                chunks: list[bytes] = []
-                size = 0
-                async for chunk in response.aiter_bytes():
-                    size += len(chunk)
-                    if size > self._max_bytes:
-                        raise CrlRefused(f"larger than {self._max_bytes} bytes")
-                    chunks.append(chunk)
-                return b"".join(chunks)
-        except httpx.HTTPError as exc:
-            raise CrlRefused(f"download failed: {exc.__class__.__name__}: {exc}") from None
 
     def _verify(self, data: bytes) -> _VerifiedCrl:
         """Parse ``data`` and check it against the trust store (runs in a worker thread)."""
@@ -361,8 +342,8 @@ class CrlStore:
             path = cache_dir / state.cache_name
             try:
                 data = await asyncio.to_thread(read_bounded, path, self._max_bytes)
-            except CertificateLoadError as exc:
-                if exc.problem != "file not found":
+            except FetchError as exc:
+                if not exc.not_found:
                     log.warning("CRL cache %s for %s unusable: %s", path, state.source, exc.problem)
                 continue
             try:
@@ -381,28 +362,11 @@ class CrlStore:
         if digest == state.cached_digest:
             return
         try:
-            await asyncio.to_thread(_write_atomically, cache_dir / state.cache_name, held.der)
+            await asyncio.to_thread(write_atomically, cache_dir / state.cache_name, held.der)
         except OSError as exc:
             log.warning("cannot write CRL cache for %s in %s: %s", state.source, cache_dir, exc)
             return
         state.cached_digest = digest
-
-
-def _write_atomically(path: Path, data: bytes) -> None:
-    # Write a temporary file in the same directory then rename: rename(2) is atomic on POSIX,
-    # so a crash never leaves a truncated CRL for the next start to choke on.
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, name = tempfile.mkstemp(dir=path.parent, prefix=".", suffix=".tmp")
-    temporary = Path(name)
-    try:
-        with os.fdopen(handle, "wb") as stream:
-            stream.write(data)
-            stream.flush()
-            os.fsync(stream.fileno())
-        temporary.replace(path)
-    except BaseException:
-        temporary.unlink(missing_ok=True)
-        raise
 
 
 def _may_sign_crls(cert: x509.Certificate) -> bool:
