@@ -53,8 +53,9 @@ demo)
     ;;
 test)
     shift
-    # postgresql: the store tests start a throwaway cluster with its initdb/pg_ctl.
-    apt_install postgresql
+    # postgresql: the store tests start a throwaway cluster with its initdb/pg_ctl;
+    # swaks: a real SMTP client for the relay tests.
+    apt_install postgresql swaks
     venv '.[test]'
     echo "== ruff" && .venv/bin/ruff check . && .venv/bin/ruff format --check .
     echo "== mypy --strict" && .venv/bin/mypy

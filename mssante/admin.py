@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from cryptography import x509
+from sqlalchemy import func, select
 
 from mssante.config import Settings
 from mssante.operator import passwords
@@ -30,7 +31,14 @@ from mssante.operator.store.blobs import rekey
 from mssante.operator.store.crypto import BlobCipher
 from mssante.operator.store.db import Store
 from mssante.operator.store.errors import StoreError
-from mssante.operator.store.schema import BindingKind, MailboxState, MailboxType, Outcome
+from mssante.operator.store.schema import (
+    BindingKind,
+    FolderRow,
+    MailboxState,
+    MailboxType,
+    MessageRow,
+    Outcome,
+)
 from mssante.pki.anchors import load_certificates
 from mssante.pki.identity import identity_of
 
@@ -208,6 +216,15 @@ class Admin:
             box = await mailboxes.get_mailbox(session, address)
             has_password = await mailboxes.get_password_hash(session, address) is not None
             folder_list = await folders.list_folders(session, box.id)
+            result = await session.execute(
+                select(MessageRow.folder_id, func.count(MessageRow.id))
+                .join(FolderRow, MessageRow.folder_id == FolderRow.id)
+                .where(FolderRow.mailbox_id == box.id)
+                .group_by(MessageRow.folder_id)
+            )
+            # Not dict(result): a Result has keys() (its column names) and would be read as
+            # a mapping.
+            counts = {folder_id: count for folder_id, count in result.tuples()}
             owners = await grants.list_for_owner(session, address)
             grantee_of = await grants.list_for_grantee(session, address)
             bindings = await mailboxes.list_bindings(session, address)
@@ -219,11 +236,13 @@ class Admin:
             "national_id": box.national_id,
             "password_login": has_password,
             "created_at": box.created_at.isoformat(),
+            "messages": sum(counts.values()),
             "folders": [
                 {
                     "name": f.name,
                     "special_use": f.special_use.value if f.special_use else None,
                     "uidvalidity": f.uidvalidity,
+                    "messages": counts.get(f.id, 0),
                 }
                 for f in folder_list
             ],

@@ -100,10 +100,20 @@ def cmd_keygen(args: argparse.Namespace) -> int:
     return 0
 
 
+def _use_uvloop() -> None:
+    """uvloop's event loop where installed: the same asyncio API, a faster I/O core."""
+    try:
+        import uvloop
+    except ImportError:
+        return
+    uvloop.install()
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     from mssante.server import serve
 
     settings = _settings(args)
+    _use_uvloop()
     return _run(serve(settings))
 
 
@@ -228,6 +238,29 @@ def cmd_audit(args: argparse.Namespace) -> int:
     return _with_admin(args, body)
 
 
+def cmd_whitelist(args: argparse.Namespace) -> int:
+    from mssante.whitelist import commands
+
+    if args.whitelist_command == "check":
+        if args.file:
+            allowed = commands.check_file(Path(args.file), args.domain, args.dn)
+        else:
+            settings = _settings(args, check=False)
+            allowed = commands.check_cached(settings.whitelist_cache_dir, args.domain, args.dn)
+        print("yes" if allowed else "no")
+        return 0 if allowed else EXIT_REFUSED
+    settings = _settings(args, check=False)
+    if args.whitelist_command == "show":
+        report = commands.show(settings.whitelist_cache_dir, settings.whitelist.source)
+        print(json.dumps(report, ensure_ascii=False, indent=2, default=str))
+        return 0
+    from mssante.server import whitelist_store
+
+    report = _run_value(commands.refresh_now(whitelist_store(settings)))
+    print(json.dumps(report, ensure_ascii=False, indent=2, default=str))
+    return EXIT_REFUSED if report.get("last_error") else 0
+
+
 def cmd_pki(args: argparse.Namespace) -> int:
     from mssante.pki import commands
 
@@ -258,6 +291,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from mssante import demo
 
     logs.setup(args.log_format or "kv", args.log_level or "warning")
+    _use_uvloop()
     return _run(demo.run(Path(args.dir), port_base=args.port_base, reset=args.reset))
 
 
@@ -366,6 +400,18 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--event", help="only events of this kind, e.g. mailbox.add")
     s.set_defaults(func=cmd_audit)
 
+    s = sub.add_parser("whitelist", help="the ANS whitelist of operators and domains")
+    wsub = s.add_subparsers(
+        dest="whitelist_command", required=True, metavar="ACTION", parser_class=_Parser
+    )
+    wsub.add_parser("show", help="source, generation date, counts, age, last error (JSON)")
+    a = wsub.add_parser("check", help="may this certificate DN speak for this domain?")
+    a.add_argument("domain")
+    a.add_argument("dn", help='subject DN, e.g. "CN=smtp.x.fr,OU=318…,O=…,C=FR"')
+    a.add_argument("--file", help="check against this list file, without any configuration")
+    wsub.add_parser("refresh", help="download and verify the list now")
+    s.set_defaults(func=cmd_whitelist)
+
     s = sub.add_parser("pki", help="certificates and the test PKI")
     psub = s.add_subparsers(
         dest="pki_command", required=True, metavar="ACTION", parser_class=_Parser
@@ -421,6 +467,7 @@ def _known_errors() -> tuple[type[BaseException], ...]:
     from mssante.operator.store.errors import StoreError
     from mssante.pki.errors import PkiError
     from mssante.server import StartupError
+    from mssante.whitelist.errors import WhitelistError
 
     return (
         CliError,
@@ -431,6 +478,7 @@ def _known_errors() -> tuple[type[BaseException], ...]:
         StoreError,
         PkiError,
         StartupError,
+        WhitelistError,
     )
 
 

@@ -57,6 +57,47 @@ class StorageSettings:
     current_key_id: str = ""
     keys: dict[str, str] = field(default_factory=dict)
     max_message_size: int = 25 * 1024 * 1024
+    default_quota_bytes: int = 10 * 1024**3
+    """Quota of a mailbox without its own; 0 means no quota."""
+
+
+@dataclass(frozen=True)
+class RelaySettings:
+    """The listener for peer operators (server-to-server SMTP, mutual TLS)."""
+
+    enabled: bool = True
+    listen: str = "0.0.0.0:25"
+    implicit_tls_listen: str = ""
+    """Empty: no implicit-TLS listener. Else HOST:PORT where TLS starts at connect."""
+    max_connections: int = 200
+    max_connections_per_peer: int = 20
+    max_commands: int = 2000
+    max_recipients: int = 100
+    max_line_length: int = 1000
+    idle_timeout_seconds: int = 300
+
+
+@dataclass(frozen=True)
+class WhitelistSettings:
+    """The ANS whitelist: which operator certificate may speak for which domain."""
+
+    source: str = ""
+    """A file path or an https:// URL of the ANS XML list. Empty: every peer is refused."""
+    checksum: str = ""
+    """The published SHA-256: a file path or URL of the checksum file, or the hex digest."""
+    refresh_seconds: int = 3600
+    cache_dir: Path | None = None
+    client_certificate: bool = False
+    """Present our operator certificate when downloading over HTTPS."""
+
+
+@dataclass(frozen=True)
+class DkimSettings:
+    verify: bool = True
+    dns_timeout_seconds: float = 5.0
+    static_keys: dict[str, str] = field(default_factory=dict)
+    """`selector._domainkey.domain` → TXT record value, consulted before DNS (tests, private
+    networks)."""
 
 
 @dataclass(frozen=True)
@@ -92,6 +133,9 @@ class Settings:
     storage: StorageSettings = field(default_factory=StorageSettings)
     logging: LoggingSettings = field(default_factory=LoggingSettings)
     metrics: MetricsSettings = field(default_factory=MetricsSettings)
+    relay: RelaySettings = field(default_factory=RelaySettings)
+    whitelist: WhitelistSettings = field(default_factory=WhitelistSettings)
+    dkim: DkimSettings = field(default_factory=DkimSettings)
     source: Path = Path(DEFAULT_CONFIG_NAME)
     """The file these settings were read from (not a key of the file)."""
 
@@ -104,6 +148,10 @@ class Settings:
     @property
     def crl_cache_dir(self) -> Path:
         return self.pki.crl_cache_dir or self.operator.data_dir / "crl"
+
+    @property
+    def whitelist_cache_dir(self) -> Path:
+        return self.whitelist.cache_dir or self.operator.data_dir / "whitelist"
 
 
 _TYPE_NAMES: dict[type, str] = {
@@ -180,7 +228,10 @@ def _convert(value: object, tp: Any, key: str, base: Path) -> object:
 
 def _build(cls: type[Any], table: Mapping[str, object], prefix: str, base: Path) -> Any:
     hints = typing.get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls) if f.name != "source"}
+    # `Settings.source` records where the settings came from; it is not a key of the file.
+    fields = {
+        f.name: f for f in dataclasses.fields(cls) if not (cls is Settings and f.name == "source")
+    }
     for name in table:
         if name not in fields:
             where = f"[{prefix}]" if prefix else "top level"
@@ -235,12 +286,33 @@ def parse_settings(text: str, source: Path, env: Mapping[str, str] | None = None
     _apply_environment(raw, os.environ if env is None else env)
     base = source.parent.resolve()
     settings: Settings = _build(Settings, raw, "", base)
-    # A CRL source is a URL or a file; files, like every path, are relative to the config.
-    crls = [c if "://" in c else str(base / Path(c).expanduser()) for c in settings.pki.crls]
+
+    # CRL, whitelist and checksum sources are URLs or files; files, like every path, are
+    # relative to the configuration file.
+    def local(value: str) -> str:
+        return (
+            value
+            if not value or "://" in value or _is_hex_digest(value)
+            else str(base / Path(value).expanduser())
+        )
+
+    crls = [local(c) for c in settings.pki.crls]
+    whitelist = dataclasses.replace(
+        settings.whitelist,
+        source=local(settings.whitelist.source),
+        checksum=local(settings.whitelist.checksum),
+    )
     settings = dataclasses.replace(
-        settings, source=source, pki=dataclasses.replace(settings.pki, crls=crls)
+        settings,
+        source=source,
+        pki=dataclasses.replace(settings.pki, crls=crls),
+        whitelist=whitelist,
     )
     return _check_values(settings)
+
+
+def _is_hex_digest(value: str) -> bool:
+    return len(value) == 64 and all(c in "0123456789abcdefABCDEF" for c in value)
 
 
 def _check_values(settings: Settings) -> Settings:
@@ -280,6 +352,32 @@ def _check_values(settings: Settings) -> Settings:
         )
     if settings.metrics.enabled:
         parse_host_port(settings.metrics.listen, "metrics.listen")
+    if storage.default_quota_bytes < 0:
+        raise ConfigError("storage.default_quota_bytes: must be 0 (no quota) or positive")
+    relay = settings.relay
+    if relay.enabled:
+        parse_host_port(relay.listen, "relay.listen")
+        if relay.implicit_tls_listen:
+            parse_host_port(relay.implicit_tls_listen, "relay.implicit_tls_listen")
+    for key in (
+        "max_connections",
+        "max_connections_per_peer",
+        "max_commands",
+        "max_recipients",
+        "idle_timeout_seconds",
+    ):
+        if getattr(relay, key) < 1:
+            raise ConfigError(f"relay.{key}: must be at least 1")
+    # RFC 5321 §4.5.3.1.6: a text line is at most 1000 octets with CRLF; never accept less.
+    if relay.max_line_length < 1000:
+        raise ConfigError("relay.max_line_length: must be at least 1000 (RFC 5321 §4.5.3.1.6)")
+    wl = settings.whitelist
+    if wl.source and "://" in wl.source and not wl.source.startswith("https://"):
+        raise ConfigError(f"whitelist.source: {wl.source}: only https:// URLs or files")
+    if wl.refresh_seconds < 60:
+        raise ConfigError("whitelist.refresh_seconds: must be at least 60")
+    if settings.dkim.dns_timeout_seconds <= 0:
+        raise ConfigError("dkim.dns_timeout_seconds: must be positive")
     return settings
 
 
@@ -319,6 +417,13 @@ def check_files(settings: Settings) -> None:
             raise ConfigError(f"pki.crls[{index}]: {crl}: no such file")
         if "://" in crl and not crl.startswith(("http://", "https://")):
             raise ConfigError(f"pki.crls[{index}]: {crl}: only http:// and https:// URLs")
+    wl = settings.whitelist
+    if wl.source and "://" not in wl.source and not Path(wl.source).is_file():
+        # A missing list file is only fatal when no cached copy exists either (checked at
+        # start by the whitelist loader); here it is reported as the likely typo it is.
+        cached = settings.whitelist_cache_dir
+        if not cached.is_dir() or not any(cached.iterdir()):
+            raise ConfigError(f"whitelist.source: {wl.source}: no such file")
     try:
         anchors.load_certificates(pki.trust_anchors)
     except PkiError as exc:

@@ -108,6 +108,12 @@ level = "info"
 
 [metrics]
 listen = "127.0.0.1:{port_base + PORT_OFFSETS["metrics"]}"
+
+[relay]
+listen = "127.0.0.1:{port_base + PORT_OFFSETS["relay"]}"
+
+[whitelist]
+source = "whitelist.xml"
 """
 
 

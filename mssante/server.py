@@ -19,10 +19,14 @@ from dataclasses import dataclass, field
 from mssante import metrics
 from mssante.config import Settings, parse_host_port
 from mssante.logs import event
+from mssante.operator.auditlog import AuditSink
+from mssante.operator.delivery import Delivery
+from mssante.operator.smtp.relay import RelayServer
 from mssante.operator.store.crypto import BlobCipher
 from mssante.operator.store.db import Store, mask_url
 from mssante.operator.store.migrate import check_schema
 from mssante.pki.runtime import Pki
+from mssante.whitelist.source import WhitelistStore
 
 log = logging.getLogger("mssante.server")
 
@@ -33,16 +37,20 @@ class StartupError(Exception):
     """The operator cannot start (a listener cannot bind, …); the message says which and why."""
 
 
-async def _listen(
+async def listen_on(
     key: str, address: str, starter: Callable[[str, int], Awaitable[asyncio.Server]]
-) -> asyncio.Server:
-    """Open one listener; a busy or forbidden address is a one-line StartupError."""
+) -> tuple[asyncio.Server, str]:
+    """Open one listener; returns it and the address it is bound to ("host:port").
+
+    A busy or forbidden address is a one-line StartupError naming the configuration key.
+    """
     host, port = parse_host_port(address, key)
     try:
-        return await starter(host, port)
+        server = await starter(host, port)
     except OSError as exc:
         reason = exc.strerror or str(exc)
         raise StartupError(f"{key}: cannot listen on {address}: {reason.lower()}") from None
+    return server, _bound(server)
 
 
 @dataclass
@@ -55,6 +63,9 @@ class Running:
     listeners: dict[str, str] = field(default_factory=dict)
     servers: list[asyncio.Server] = field(default_factory=list)
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    closers: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
+    """Closed in reverse order at stop, after the listeners (e.g. drain pending deliveries)."""
+    relay: RelayServer | None = None
 
 
 def open_cipher(settings: Settings) -> BlobCipher:
@@ -65,6 +76,7 @@ async def start(settings: Settings) -> Running:
     url = settings.database_url
     await check_schema(url)
     store = await Store.open(url, open_cipher(settings))
+    running: Running | None = None
     try:
         pki = await Pki.load(settings.pki, settings.crl_cache_dir)
         running = Running(settings, store, pki)
@@ -74,11 +86,15 @@ async def start(settings: Settings) -> Running:
             )
         )
         if settings.metrics.enabled:
-            server = await _listen("metrics.listen", settings.metrics.listen, metrics.start)
+            server, where = await listen_on(
+                "metrics.listen", settings.metrics.listen, metrics.start
+            )
             running.servers.append(server)
-            running.listeners["metrics"] = _bound(server)
+            running.listeners["metrics"] = where
+        if settings.relay.enabled:
+            await _start_relay(running)
     except BaseException:
-        await store.close()
+        await _shutdown(running, store)
         raise
     metrics.mark_started()
     for name, where in running.listeners.items():
@@ -91,6 +107,47 @@ async def start(settings: Settings) -> Running:
         tls_profile=settings.pki.tls_profile,
     )
     return running
+
+
+def whitelist_store(settings: Settings) -> WhitelistStore:
+    """The whitelist as configured (not loaded yet)."""
+    wl = settings.whitelist
+    pki = settings.pki
+    return WhitelistStore(
+        wl.source,
+        cache_dir=settings.whitelist_cache_dir,
+        checksum=wl.checksum,
+        trust=pki.trust_anchors,
+        client_cert=(
+            (pki.certificate, pki.private_key, pki.private_key_password or None)
+            if wl.client_certificate
+            else None
+        ),
+    )
+
+
+async def _start_relay(running: Running) -> None:
+    settings = running.settings
+    wl = settings.whitelist
+    whitelist = whitelist_store(settings)
+    await whitelist.load()
+    if wl.source:
+        running.tasks.append(
+            asyncio.create_task(whitelist.run_periodic(wl.refresh_seconds), name="whitelist")
+        )
+    else:
+        log.warning("no whitelist.source configured: every peer operator will be refused")
+    sink = AuditSink(running.store)
+    await sink.start()
+    running.closers.append(sink.close)
+    delivery = Delivery(running.store, settings)
+    await delivery.start()
+    running.closers.append(delivery.close)
+    relay = RelayServer(settings, running.pki, whitelist, delivery, sink)
+    listeners = await relay.start(settings.relay.listen, settings.relay.implicit_tls_listen)
+    running.servers.extend(relay.servers)
+    running.listeners.update(listeners)
+    running.relay = relay
 
 
 def _bound(server: asyncio.Server) -> str:
@@ -106,11 +163,23 @@ async def stop(running: Running) -> None:
             asyncio.gather(*(s.wait_closed() for s in running.servers)),
             SHUTDOWN_GRACE_SECONDS,
         )
-    for task in running.tasks:
-        task.cancel()
-    await asyncio.gather(*running.tasks, return_exceptions=True)
-    await running.store.close()
+    await _shutdown(running, running.store)
     event(log, "operator stopped")
+
+
+async def _shutdown(running: Running | None, store: Store) -> None:
+    if running is not None:
+        for server in running.servers:
+            server.close()
+        for task in running.tasks:
+            task.cancel()
+        await asyncio.gather(*running.tasks, return_exceptions=True)
+        for close in reversed(running.closers):
+            try:
+                await close()
+            except Exception:
+                log.exception("error while stopping")
+    await store.close()
 
 
 async def serve(

@@ -222,7 +222,12 @@ FIXTURES = Path(__file__).parents[1] / "tls-fixtures"
 
 class ConfigWriter(Protocol):
     def __call__(
-        self, *, database_url: str | None = None, pki: str = "", extra: str = ""
+        self,
+        *,
+        database_url: str | None = None,
+        pki: str = "",
+        storage: str = "",
+        extra: str = "",
     ) -> Path: ...
 
 
@@ -230,11 +235,13 @@ class ConfigWriter(Protocol):
 def write_config(tmp_path: Path) -> ConfigWriter:
     """Writes `tmp_path/mssante.toml` for the committed test PKI; returns its path.
 
-    `pki` adds lines to the [pki] table, `extra` appends tables. Without `database_url` the
-    default embedded SQLite file under `tmp_path/data` is used.
+    `pki` and `storage` add lines to those tables, `extra` appends tables. Without
+    `database_url` the default embedded SQLite file under `tmp_path/data` is used.
     """
 
-    def write(*, database_url: str | None = None, pki: str = "", extra: str = "") -> Path:
+    def write(
+        *, database_url: str | None = None, pki: str = "", storage: str = "", extra: str = ""
+    ) -> Path:
         database = f'[database]\nurl = "{database_url}"\n' if database_url else ""
         path = tmp_path / "mssante.toml"
         path.write_text(
@@ -249,6 +256,8 @@ trust_anchors = "{FIXTURES / "ca-bundle.pem"}"
 certificate = "{FIXTURES / "operator.pem"}"
 private_key = "{FIXTURES / "operator.key"}"
 {pki}
+[storage]
+{storage}
 [storage.keys]
 k1 = "{TEST_KEY.hex()}"
 {extra}

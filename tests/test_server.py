@@ -36,7 +36,10 @@ def _config(write_config: ConfigWriter, url: str, port: int) -> Path:
     return write_config(
         database_url=url,
         pki=f"crls = {json.dumps(crls)}",
-        extra=f'[logging]\nformat = "json"\n[metrics]\nlisten = "127.0.0.1:{port}"\n',
+        extra=(
+            f'[logging]\nformat = "json"\n[metrics]\nlisten = "127.0.0.1:{port}"\n'
+            "[relay]\nenabled = false\n"
+        ),
     )
 
 

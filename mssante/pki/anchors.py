@@ -10,6 +10,7 @@ from cryptography import x509
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes
 
+from mssante import fetch
 from mssante.pki.dn import dn_to_string, normalize_dn
 from mssante.pki.errors import CertificateLoadError
 
@@ -42,21 +43,11 @@ def load_certificates(path: Path) -> list[x509.Certificate]:
 
 
 def read_bounded(path: Path, limit: int) -> bytes:
-    """Read ``path`` whole, mapping OS errors to :class:`CertificateLoadError`."""
+    """Read ``path`` whole, as :class:`CertificateLoadError` naming the path on failure."""
     try:
-        with path.open("rb") as handle:
-            data = handle.read(limit + 1)
-    except FileNotFoundError:
-        raise CertificateLoadError(path, "file not found") from None
-    except IsADirectoryError:
-        raise CertificateLoadError(path, "is a directory, not a file") from None
-    except PermissionError:
-        raise CertificateLoadError(path, "permission denied") from None
-    except OSError as exc:
-        raise CertificateLoadError(path, f"cannot read: {exc.strerror or exc}") from None
-    if len(data) > limit:
-        raise CertificateLoadError(path, f"file larger than {limit} bytes")
-    return data
+        return fetch.read_bounded(path, limit)
+    except fetch.FetchError as exc:
+        raise CertificateLoadError(path, exc.problem) from None
 
 
 def is_self_signed(cert: x509.Certificate) -> bool:

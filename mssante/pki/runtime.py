@@ -39,7 +39,9 @@ class Pki:
         await crls.load()
         return cls(settings, trust, crls)
 
-    def server_context(self, client_cert: tls.ClientCertMode) -> ssl.SSLContext:
+    def server_context(
+        self, client_cert: tls.ClientCertMode, *, defer_validity_dates: bool = False
+    ) -> ssl.SSLContext:
         s = self.settings
         return tls.server_context(
             s.tls_profile,
@@ -48,6 +50,7 @@ class Pki:
             s.trust_anchors,
             client_cert=client_cert,
             key_password=s.private_key_password or None,
+            defer_validity_dates=defer_validity_dates,
         )
 
     def client_context(self, *, present_certificate: bool, check_hostname: bool) -> ssl.SSLContext:

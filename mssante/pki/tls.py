@@ -60,6 +60,9 @@ PROFILES: Final[dict[str, _ProfileSpec]] = {
     "modern": _ProfileSpec(ssl.TLSVersion.TLSv1_2, ssl.TLSVersion.TLSv1_3, MODERN_TLS12_CIPHERS),
 }
 
+# OpenSSL's X509_V_FLAG_NO_CHECK_TIME (x509_vfy.h); the ssl module has no name for it.
+_X509_V_FLAG_NO_CHECK_TIME: Final = 0x200000
+
 _VERIFY_MODES: Final[dict[str, ssl.VerifyMode]] = {
     "none": ssl.CERT_NONE,
     "optional": ssl.CERT_OPTIONAL,
@@ -74,8 +77,15 @@ def server_context(
     trust: Path | None,
     client_cert: ClientCertMode,
     key_password: str | None = None,
+    *,
+    defer_validity_dates: bool = False,
 ) -> ssl.SSLContext:
     """A server-side context presenting ``cert_path``/``key_path``.
+
+    ``defer_validity_dates``: OpenSSL does not check the client certificate's dates during the
+    handshake, so that an expired peer certificate reaches the SMTP layer, where
+    :func:`mssante.pki.validation.validate_chain` refuses it with a precise reply and an audit
+    entry instead of a bare TLS alert. Only for listeners that always validate afterwards.
 
     ``client_cert``: ``"none"`` asks no certificate; ``"optional"`` asks one and verifies it
     against ``trust`` when given (professionals' clients may have none); ``"required"`` refuses
@@ -94,6 +104,8 @@ def server_context(
         if trust is None:
             raise PkiError(f"client_cert={client_cert!r} needs a trust bundle")
         _load_trust(context, trust)
+        if defer_validity_dates:
+            context.verify_flags |= _X509_V_FLAG_NO_CHECK_TIME
     context.verify_mode = verify_mode
     return context
 

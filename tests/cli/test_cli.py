@@ -115,6 +115,7 @@ def test_mailbox_of_every_type(ready: Cli) -> None:
     assert [r["national_id"] for r in rows if r["type"] == "PATIENT"] == ["146026322000196"]
     shown = json.loads(ready.ok("mailbox", "show", "jean.dupont@test.mssante.test"))
     assert shown["password_login"] is True
+    assert shown["messages"] == 0 and all(f["messages"] == 0 for f in shown["folders"])
     assert {f["name"] for f in shown["folders"]} == {
         "INBOX",
         "Sent",

@@ -29,11 +29,13 @@ TABLES = {
     "grants",
     "folders",
     "blobs",
+    "blob_meta",
     "messages",
     "expunged",
     "queue_messages",
     "queue_recipients",
     "queue_attempts",
+    "dsn_requests",
     "audit_events",
 }
 
@@ -64,8 +66,8 @@ async def _diff(url: str, metadata: MetaData) -> list[Any]:
         await engine.dispose()
 
 
-def test_head_is_the_initial_revision() -> None:
-    assert head_revision() == "0001"
+def test_head_is_the_delivery_revision() -> None:
+    assert head_revision() == "0002"
 
 
 async def test_upgrade_from_empty_to_head(store_url: str) -> None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -18,10 +18,11 @@ from typing import Any
 from sqlalchemy import insert, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from mssante.operator.store.schema import AuditEventRow, Outcome, utcnow
+from mssante.operator.store.schema import AuditEventRow, Base, Outcome, utcnow
 
 MAX_DETAILS_CHARS = 16_384
 MAX_RECENT = 10_000
+_AUDIT_EVENTS = Base.metadata.tables["audit_events"]
 
 # Dotted lower-case names: `mailbox.add`, `smtp.reject`, `imap.login`.
 _EVENT = re.compile(r"^[a-z][a-z0-9_]*(?:\.[a-z0-9_]+)+$")
@@ -56,6 +57,35 @@ def _details_json(details: Mapping[str, object] | None) -> str | None:
     return text
 
 
+@dataclass(frozen=True)
+class Trace:
+    """An event to record (`record_many`); the fields mean what `record`'s arguments do."""
+
+    event: str
+    outcome: Outcome | str
+    actor: str | None = None
+    peer_ip: str | None = None
+    peer_dn: str | None = None
+    target: str | None = None
+    details: Mapping[str, object] | None = None
+
+
+def _row(trace: Trace, at: datetime) -> dict[str, object]:
+    event = trace.event
+    if len(event) > 64 or not _EVENT.match(event):
+        raise ValueError(f"audit event {event!r}: expected a dotted name such as 'mailbox.add'")
+    return {
+        "at": at,
+        "event": event,
+        "outcome": Outcome(trace.outcome).value,
+        "actor": _clip(trace.actor, 320),
+        "peer_ip": _clip(trace.peer_ip, 45),
+        "peer_dn": _clip(trace.peer_dn, 1024),
+        "target": _clip(trace.target, 1024),
+        "details": _details_json(trace.details),
+    }
+
+
 async def record(
     session: AsyncSession,
     event: str,
@@ -67,20 +97,17 @@ async def record(
     details: Mapping[str, object] | None = None,
 ) -> None:
     """Append one event to the trail (in the caller's transaction)."""
-    if len(event) > 64 or not _EVENT.match(event):
-        raise ValueError(f"audit event {event!r}: expected a dotted name such as 'mailbox.add'")
-    await session.execute(
-        insert(AuditEventRow).values(
-            at=utcnow(),
-            event=event,
-            outcome=Outcome(outcome).value,
-            actor=_clip(actor, 320),
-            peer_ip=_clip(peer_ip, 45),
-            peer_dn=_clip(peer_dn, 1024),
-            target=_clip(target, 1024),
-            details=_details_json(details),
-        )
-    )
+    trace = Trace(event, outcome, actor, peer_ip, peer_dn, target, details)
+    await session.execute(insert(AuditEventRow).values(**_row(trace, utcnow())))
+
+
+async def record_many(session: AsyncSession, traces: Sequence[Trace]) -> None:
+    """Append several events in one statement (in the caller's transaction)."""
+    if not traces:
+        return
+    now = utcnow()
+    rows = [_row(trace, now) for trace in traces]
+    await session.execute(insert(_AUDIT_EVENTS), rows)
 
 
 async def recent(

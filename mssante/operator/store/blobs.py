@@ -7,17 +7,26 @@ once: messages and queue entries reference a blob. Blobs are looked up by their 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from sqlalchemy import delete, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from mssante.operator.store import _sql
-from mssante.operator.store.crypto import BlobCipher
+from mssante.operator.store import _sql, blobmeta
+from mssante.operator.store.crypto import BlobCipher, SealedBlob
 from mssante.operator.store.db import Store
 from mssante.operator.store.errors import NotFound, StoreError
-from mssante.operator.store.schema import BlobRow, MessageRow, QueueMessageRow, utcnow
+from mssante.operator.store.schema import (
+    BlobRow,
+    DsnRequestRow,
+    MessageRow,
+    QueueMessageRow,
+    utcnow,
+)
 
 REKEY_RETRIES = 5
+_IN_CHUNK = 500  # digests per `IN (…)`: well under every driver's parameter limit
 
 
 async def _find(session: AsyncSession, digest: str) -> int | None:
@@ -57,6 +66,62 @@ async def put_blob(session: AsyncSession, cipher: BlobCipher, data: bytes) -> in
     return blob_id
 
 
+async def _ids_by_digest(session: AsyncSession, digests: Sequence[str]) -> dict[str, int]:
+    found: dict[str, int] = {}
+    for i in range(0, len(digests), _IN_CHUNK):
+        rows = await session.execute(
+            select(BlobRow.digest, BlobRow.id).where(BlobRow.digest.in_(digests[i : i + _IN_CHUNK]))
+        )
+        found.update({digest: blob_id for digest, blob_id in rows.tuples()})
+    return found
+
+
+async def put_sealed_blobs(
+    session: AsyncSession, blobs: Sequence[tuple[SealedBlob, int]]
+) -> dict[str, int]:
+    """Store blobs sealed beforehand (`BlobCipher.seal`, outside the transaction), or find
+    them already stored; returns {digest: blob id}. `blobs` are (sealed, plaintext size).
+
+    The batch form of `put_blob`, for group commit: one multi-row INSERT, then one lookup for
+    contents already there. Same guarantee under concurrency: `ON CONFLICT DO NOTHING` lets the
+    unique digest decide and the winner's row is read back. The caller commits.
+    """
+    unique: dict[str, tuple[SealedBlob, int]] = {}
+    for sealed, size in blobs:
+        unique.setdefault(sealed.digest, (sealed, size))
+    if not unique:
+        return {}
+    now = utcnow()
+    stmt = (
+        _sql.insert(session, BlobRow)
+        .on_conflict_do_nothing(index_elements=["digest"])
+        .returning(BlobRow.digest, BlobRow.id)
+    )
+    # Insert first: a delivered message carries our Received field, so it is almost never
+    # stored already; the rare conflicts are then looked up.
+    rows = await session.execute(
+        stmt,
+        [
+            {
+                "digest": digest,
+                "key_id": sealed.key_id,
+                "nonce": sealed.nonce,
+                "ciphertext": sealed.ciphertext,
+                "size": size,
+                "created_at": now,
+            }
+            for digest, (sealed, size) in unique.items()
+        ],
+    )
+    ids = {digest: blob_id for digest, blob_id in rows.tuples()}
+    existing = [digest for digest in unique if digest not in ids]
+    if existing:
+        ids.update(await _ids_by_digest(session, existing))
+        if any(digest not in ids for digest in existing):
+            raise StoreError("blob stored concurrently and removed before it could be read")
+    return ids
+
+
 async def get_blob(session: AsyncSession, cipher: BlobCipher, blob_id: int) -> bytes:
     """The plaintext of a blob; NotFound, KeyUnavailable or BlobTampered otherwise."""
     result = await session.execute(
@@ -91,7 +156,8 @@ async def _rekey_batch(store: Store, after_id: int, batch_size: int) -> tuple[in
             if twin is not None:
                 # The same content was stored again under the new key before this rotation:
                 # keep that copy, point every reference at it, drop this one.
-                for model in (MessageRow, QueueMessageRow):
+                await blobmeta.rekey_meta(session, cipher, blob_id, digest, twin, sealed.digest)
+                for model in (MessageRow, QueueMessageRow, DsnRequestRow):
                     await session.execute(
                         update(model)
                         .where(model.blob_id == blob_id)
@@ -100,6 +166,7 @@ async def _rekey_batch(store: Store, after_id: int, batch_size: int) -> tuple[in
                     )
                 await session.execute(delete(BlobRow).where(BlobRow.id == blob_id))
             else:
+                await blobmeta.rekey_meta(session, cipher, blob_id, digest, blob_id, sealed.digest)
                 await session.execute(
                     update(BlobRow)
                     .where(BlobRow.id == blob_id)

@@ -38,10 +38,21 @@ NONCE_BYTES = 12  # 96 bits: the GCM nonce size that needs no extra hashing (SP 
 _ENCRYPTION_LABEL = b"mssante blob encryption v1"
 _DIGEST_LABEL = b"mssante blob digest v1"
 _AAD_LABEL = b"mssante blob v1\x00"
+_RECORD_LABEL = b"mssante record encryption v1"
+_RECORD_AAD_LABEL = b"mssante record v1\x00"
 
 # Key ids are stored in every blob row (String(64)) and appear in logs and configuration.
 _KEY_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
 _HEX_KEY = re.compile(r"^[0-9a-fA-F]{64}$")
+
+
+@dataclass(frozen=True)
+class SealedRecord:
+    """A small sealed value tied to a context (see `BlobCipher.seal_record`)."""
+
+    key_id: str
+    nonce: bytes
+    ciphertext: bytes  # includes the 16-byte GCM tag
 
 
 @dataclass(frozen=True)
@@ -69,6 +80,7 @@ class BlobCipher:
         if not keys:
             raise ValueError("no storage key configured: at least one 32-byte key is needed")
         self._aead: dict[str, AESGCM] = {}
+        self._record_aead: dict[str, AESGCM] = {}
         self._mac_keys: dict[str, bytes] = {}
         for key_id, key in keys.items():
             if not _KEY_ID.match(key_id):
@@ -81,6 +93,7 @@ class BlobCipher:
                     f"storage key {key_id!r}: expected {KEY_BYTES} bytes (AES-256), got {size}"
                 )
             self._aead[key_id] = AESGCM(_derive(key, _ENCRYPTION_LABEL))
+            self._record_aead[key_id] = AESGCM(_derive(key, _RECORD_LABEL))
             self._mac_keys[key_id] = _derive(key, _DIGEST_LABEL)
         if current_key_id not in self._aead:
             known = ", ".join(sorted(self._aead))
@@ -147,6 +160,42 @@ class BlobCipher:
         if not hmac.compare_digest(self._digest(key_id, plaintext), digest):
             raise BlobTampered(f"blob under key {key_id!r}: digest does not match its content")
         return plaintext
+
+    def seal_record(self, plaintext: bytes, context: bytes) -> SealedRecord:
+        """Seal a small value that belongs to something else (a blob's metadata, …).
+
+        `context` names the owner (e.g. the blob's digest) and goes into the associated data:
+        a record moved to another owner does not open. Records use their own derived key and
+        carry no digest (they are not deduplicated).
+        """
+        key_id = self._current
+        nonce = os.urandom(NONCE_BYTES)
+        ciphertext = self._record_aead[key_id].encrypt(
+            nonce, plaintext, _record_aad(key_id, context)
+        )
+        return SealedRecord(key_id=key_id, nonce=nonce, ciphertext=ciphertext)
+
+    def open_record(self, key_id: str, nonce: bytes, ciphertext: bytes, context: bytes) -> bytes:
+        aead = self._record_aead.get(key_id)
+        if aead is None:
+            raise KeyUnavailable(
+                f"record encrypted under storage key {key_id!r}, which is not configured "
+                f"(configured: {', '.join(sorted(self._record_aead))})"
+            )
+        if len(nonce) != NONCE_BYTES:
+            raise BlobTampered(f"record under key {key_id!r}: malformed nonce")
+        try:
+            return aead.decrypt(nonce, ciphertext, _record_aad(key_id, context))
+        except InvalidTag:
+            raise BlobTampered(
+                f"record under key {key_id!r} failed authentication: wrong key material, "
+                f"altered ciphertext or nonce, or a record that belongs elsewhere"
+            ) from None
+
+
+def _record_aad(key_id: str, context: bytes) -> bytes:
+    kid = key_id.encode("ascii")
+    return _RECORD_AAD_LABEL + bytes([len(kid)]) + kid + context
 
 
 def parse_key(text: str) -> bytes:

@@ -70,6 +70,12 @@ async def get_domain(session: AsyncSession, name: str) -> Domain:
     return _domain(row)
 
 
+async def is_hosted(session: AsyncSession, name: str) -> bool:
+    """Whether we hold mailboxes under `name` (already normalised)."""
+    found = await session.scalar(select(DomainRow.id).where(DomainRow.name == name))
+    return found is not None
+
+
 async def list_domains(session: AsyncSession) -> list[Domain]:
     result = await session.execute(select(DomainRow).order_by(DomainRow.name))
     return [_domain(row) for row in result.scalars()]

@@ -12,19 +12,20 @@ import re
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import delete, select
+from sqlalchemy import and_, delete, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from mssante.operator.store import _sql
 from mssante.operator.store.domains import normalize_domain
 from mssante.operator.store.errors import AlreadyExists, NotFound
-from mssante.operator.store.folders import STANDARD_FOLDERS, create_folder
+from mssante.operator.store.folders import INBOX, STANDARD_FOLDERS, create_folder
 from mssante.operator.store.schema import (
     BindingKind,
     CertificateBindingRow,
     CredentialRow,
     DomainRow,
+    FolderRow,
     MailboxRow,
     MailboxState,
     MailboxType,
@@ -46,6 +47,20 @@ class Mailbox:
     quota_bytes: int | None
     created_at: datetime
     updated_at: datetime
+    used_bytes: int = 0  # octets of its messages, all folders (see messages.py)
+
+
+@dataclass(frozen=True)
+class DeliveryTarget:
+    """What local delivery needs about a recipient mailbox, read in one query."""
+
+    mailbox_id: int
+    address: str
+    type: MailboxType
+    state: MailboxState
+    quota_bytes: int | None  # as stored: NULL means the configured default, 0 no quota
+    used_bytes: int
+    inbox_id: int | None  # None only if the INBOX was lost, which nothing should allow
 
 
 @dataclass(frozen=True)
@@ -68,6 +83,7 @@ def _mailbox(row: MailboxRow) -> Mailbox:
         quota_bytes=row.quota_bytes,
         created_at=row.created_at,
         updated_at=row.updated_at,
+        used_bytes=row.used_bytes,
     )
 
 
@@ -172,6 +188,39 @@ async def create_mailbox(
 async def get_mailbox(session: AsyncSession, address: str) -> Mailbox:
     """The mailbox at this address; NotFound if there is none."""
     return _mailbox(await _existing(session, address))
+
+
+async def delivery_target(session: AsyncSession, address: str) -> DeliveryTarget | None:
+    """The mailbox at `address` (already normalised) with its INBOX id, or None."""
+    row = (
+        await session.execute(
+            select(
+                MailboxRow.id,
+                MailboxRow.address,
+                MailboxRow.type,
+                MailboxRow.state,
+                MailboxRow.quota_bytes,
+                MailboxRow.used_bytes,
+                FolderRow.id,
+            )
+            .outerjoin(
+                FolderRow, and_(FolderRow.mailbox_id == MailboxRow.id, FolderRow.name == INBOX)
+            )
+            .where(MailboxRow.address == address)
+        )
+    ).one_or_none()
+    if row is None:
+        return None
+    mailbox_id, stored, type_, state, quota, used, inbox_id = row
+    return DeliveryTarget(
+        mailbox_id=mailbox_id,
+        address=stored,
+        type=MailboxType(type_),
+        state=MailboxState(state),
+        quota_bytes=quota,
+        used_bytes=used,
+        inbox_id=inbox_id,
+    )
 
 
 async def list_mailboxes(

@@ -6,21 +6,28 @@ the same UPDATE that reads them back: on PostgreSQL the row lock makes concurren
 folder take turns until commit, on SQLite the write lock does. A UID is therefore visible only
 once every smaller UID of that folder is committed or abandoned, which is what IMAP clients
 that fetch "UID n:*" rely on.
+
+Every append also adds the message's size to its mailbox's `used_bytes`, in the same
+transaction, so the quota counter never disagrees with the messages (removals must subtract).
+Locks are taken folders first, then mailboxes, each in ascending id order, so concurrent
+appenders never wait on each other in a cycle.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import NamedTuple
 
-from sqlalchemy import insert, update
+from sqlalchemy import case, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from mssante.operator.store import _sql
 from mssante.operator.store.errors import NotFound, StoreError
-from mssante.operator.store.schema import FolderRow, MessageRow, utcnow
+from mssante.operator.store.schema import Base, FolderRow, MessageRow, utcnow
 
 MAX_UID = 0xFFFFFFFF  # RFC 3501 §9: nz-number is unsigned 32-bit
 MAX_KEYWORDS = 64  # per message: bounds what one client can make every later FETCH carry
@@ -99,21 +106,8 @@ async def append_message(
         raise ValueError("size must not be negative")
     if internal_date.tzinfo is None or internal_date.utcoffset() is None:
         raise ValueError("internal_date must be timezone-aware (RFC 3501 INTERNALDATE has a zone)")
-    result = await session.execute(
-        update(FolderRow)
-        .where(FolderRow.id == folder_id)
-        .values(uidnext=FolderRow.uidnext + 1, highest_modseq=FolderRow.highest_modseq + 1)
-        .returning(FolderRow.uidnext, FolderRow.highest_modseq)
-        .execution_options(synchronize_session=False)
-    )
-    row = result.one_or_none()
-    if row is None:
-        raise NotFound(f"folder id {folder_id} does not exist")
-    uidnext, modseq = row
-    uid = uidnext - 1
-    if uid > MAX_UID:
-        # The folder needs a new UIDVALIDITY and renumbering (RFC 3501 §2.3.1.1).
-        raise StoreError(f"folder id {folder_id}: UID space exhausted")
+    uid, modseq, mailbox_id = await _allocate(session, folder_id, 1)
+    await _add_used_bytes(session, {mailbox_id: size})
     await session.execute(
         insert(MessageRow).values(
             folder_id=folder_id,
@@ -132,3 +126,161 @@ async def append_message(
         )
     )
     return Appended(uid=uid, modseq=modseq)
+
+
+_MESSAGES = Base.metadata.tables["messages"]
+_MAILBOXES = Base.metadata.tables["mailboxes"]
+
+
+async def _allocate(session: AsyncSession, folder_id: int, count: int) -> tuple[int, int, int]:
+    """Reserve `count` consecutive UIDs and MODSEQs in a folder: (first uid, first modseq,
+    mailbox id)."""
+    result = await session.execute(
+        update(FolderRow)
+        .where(FolderRow.id == folder_id)
+        .values(uidnext=FolderRow.uidnext + count, highest_modseq=FolderRow.highest_modseq + count)
+        .returning(FolderRow.uidnext, FolderRow.highest_modseq, FolderRow.mailbox_id)
+        .execution_options(synchronize_session=False)
+    )
+    row = result.one_or_none()
+    if row is None:
+        raise NotFound(f"folder id {folder_id} does not exist")
+    uidnext, highest, mailbox_id = row
+    if uidnext - 1 > MAX_UID:
+        # The folder needs a new UIDVALIDITY and renumbering (RFC 3501 §2.3.1.1).
+        raise StoreError(f"folder id {folder_id}: UID space exhausted")
+    return uidnext - count, highest - count + 1, mailbox_id
+
+
+async def _allocate_many(
+    session: AsyncSession, counts: dict[int, int]
+) -> dict[int, tuple[int, int, int]]:
+    """`_allocate` for several folders in one statement: {folder id: (first uid, first modseq,
+    mailbox id)}.
+
+    One UPDATE with a CASE rather than one per folder: a batch may touch hundreds of folders,
+    and every statement is a round trip. On PostgreSQL the rows are first locked in id order,
+    so two batches over the same folders cannot deadlock (an UPDATE alone locks in scan order).
+    """
+    ids = sorted(counts)
+    if _sql.dialect_name(session) == "postgresql":
+        await session.execute(
+            select(FolderRow.id)
+            .where(FolderRow.id.in_(ids))
+            .order_by(FolderRow.id)
+            .with_for_update()
+        )
+    step = case(counts, value=FolderRow.id, else_=0)
+    result = await session.execute(
+        update(FolderRow)
+        .where(FolderRow.id.in_(ids))
+        .values(uidnext=FolderRow.uidnext + step, highest_modseq=FolderRow.highest_modseq + step)
+        .returning(FolderRow.id, FolderRow.uidnext, FolderRow.highest_modseq, FolderRow.mailbox_id)
+        .execution_options(synchronize_session=False)
+    )
+    reserved: dict[int, tuple[int, int, int]] = {}
+    for folder_id, uidnext, highest, mailbox_id in result.tuples():
+        if uidnext - 1 > MAX_UID:
+            raise StoreError(f"folder id {folder_id}: UID space exhausted")
+        count = counts[folder_id]
+        reserved[folder_id] = (uidnext - count, highest - count + 1, mailbox_id)
+    missing = [f for f in ids if f not in reserved]
+    if missing:
+        raise NotFound(f"folder id {missing[0]} does not exist")
+    return reserved
+
+
+async def _add_used_bytes(session: AsyncSession, added: dict[int, int]) -> None:
+    if not added:
+        return
+    step = case(added, value=_MAILBOXES.c.id, else_=0)
+    await session.execute(
+        update(_MAILBOXES)
+        .where(_MAILBOXES.c.id.in_(sorted(added)))
+        .values(used_bytes=_MAILBOXES.c.used_bytes + step)
+    )
+
+
+@dataclass(frozen=True)
+class NewMessage:
+    """A message to append (its body already stored as `blob_id`)."""
+
+    folder_id: int
+    blob_id: int
+    size: int
+    internal_date: datetime
+    flags: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class StoredMessage:
+    id: int
+    folder_id: int
+    mailbox_id: int
+    uid: int
+    modseq: int
+
+
+async def append_messages(session: AsyncSession, new: Sequence[NewMessage]) -> list[StoredMessage]:
+    """Append several messages at once; results in the order of `new`.
+
+    The batch form of `append_message`, with the same guarantees: per folder one UPDATE
+    reserves a run of UIDs and MODSEQs (ascending within the run, in the order given), all
+    folders in one statement; then one multi-row INSERT adds every message, and one UPDATE adds
+    to the mailboxes' `used_bytes`.
+    """
+    if not new:
+        return []
+    by_folder: dict[int, list[int]] = defaultdict(list)
+    rows: list[dict[str, object]] = []
+    for index, item in enumerate(new):
+        parsed = parse_flags(item.flags)
+        if item.size < 0:
+            raise ValueError("size must not be negative")
+        if item.internal_date.tzinfo is None or item.internal_date.utcoffset() is None:
+            raise ValueError("internal_date must be timezone-aware")
+        by_folder[item.folder_id].append(index)
+        rows.append(
+            {
+                "folder_id": item.folder_id,
+                "blob_id": item.blob_id,
+                "size": item.size,
+                "internal_date": item.internal_date,
+                "seen": parsed.seen,
+                "answered": parsed.answered,
+                "flagged": parsed.flagged,
+                "deleted": parsed.deleted,
+                "draft": parsed.draft,
+                "keywords": " ".join(parsed.keywords),
+            }
+        )
+    mailbox_of: dict[int, int] = {}
+    uids = [0] * len(new)
+    modseqs = [0] * len(new)
+    added: dict[int, int] = defaultdict(int)
+    reserved = await _allocate_many(session, {f: len(i) for f, i in by_folder.items()})
+    for folder_id, indexes in by_folder.items():
+        first_uid, first_modseq, mailbox_id = reserved[folder_id]
+        mailbox_of[folder_id] = mailbox_id
+        for offset, index in enumerate(indexes):
+            uids[index] = first_uid + offset
+            modseqs[index] = first_modseq + offset
+            added[mailbox_id] += new[index].size
+    now = utcnow()
+    for index, row in enumerate(rows):
+        row.update(uid=uids[index], modseq=modseqs[index], created_at=now)
+    result = await session.execute(
+        insert(_MESSAGES).returning(_MESSAGES.c.id, _MESSAGES.c.folder_id, _MESSAGES.c.uid), rows
+    )
+    ids = {(folder_id, uid): message_id for message_id, folder_id, uid in result.tuples()}
+    await _add_used_bytes(session, added)
+    return [
+        StoredMessage(
+            id=ids[(item.folder_id, uids[i])],
+            folder_id=item.folder_id,
+            mailbox_id=mailbox_of[item.folder_id],
+            uid=uids[i],
+            modseq=modseqs[i],
+        )
+        for i, item in enumerate(new)
+    ]

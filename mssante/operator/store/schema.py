@@ -35,6 +35,7 @@ from sqlalchemy import (
     Text,
     TypeDecorator,
     UniqueConstraint,
+    text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -82,6 +83,14 @@ class QueueState(StrEnum):
     DEFERRED = "deferred"
     FAILED = "failed"
     EXPIRED = "expired"
+
+
+class DsnState(StrEnum):
+    """Whether a delivery status notification is owed for a locally delivered recipient."""
+
+    PENDING = "pending"  # NOTIFY=SUCCESS was asked (RFC 3461 §4.1): a "delivered" DSN is owed
+    SENT = "sent"
+    NOT_REQUESTED = "not_requested"  # parameters kept for the trace, no DSN owed
 
 
 class DsnRet(StrEnum):
@@ -185,6 +194,9 @@ class MailboxRow(Base):
     national_id: Mapped[str | None] = mapped_column(String(32))
     state: Mapped[str] = mapped_column(String(8))
     quota_bytes: Mapped[int | None] = mapped_column(BigInteger)  # NULL: the configured default
+    # Octets of all messages in the mailbox's folders, maintained by every append in the same
+    # transaction: the quota check at RCPT is then one indexed read.
+    used_bytes: Mapped[int] = mapped_column(BigInteger, default=0, server_default=text("0"))
     # Highest UIDVALIDITY ever given to a folder of this mailbox. Kept on the mailbox, not the
     # folder, so a folder deleted and re-created under the same name gets a greater value
     # (RFC 3501 §2.3.1.1: a UIDVALIDITY must not be reused for a name with other contents).
@@ -287,6 +299,26 @@ class BlobRow(Base):
     nonce: Mapped[bytes] = mapped_column(LargeBinary(12))
     ciphertext: Mapped[bytes] = mapped_column(LargeBinary)
     size: Mapped[int] = mapped_column(BigInteger)  # plaintext octets
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime(), default=utcnow)
+
+
+class BlobMetaRow(Base):
+    """What IMAP needs about a stored message, computed once at delivery, sealed like the blob.
+
+    The plaintext is JSON (`operator.mime.to_json`): ENVELOPE, BODYSTRUCTURE and the offsets of
+    every part. It holds the subject and the addresses, so it is encrypted (AES-256-GCM, see
+    `crypto.BlobCipher.seal_record`), bound to its blob's digest.
+    """
+
+    __tablename__ = "blob_meta"
+    __table_args__ = (Index("ix_blob_meta_key_id", "key_id"),)
+
+    blob_id: Mapped[int] = mapped_column(
+        BigInteger, ForeignKey("blobs.id", ondelete="CASCADE"), primary_key=True
+    )
+    key_id: Mapped[str] = mapped_column(String(64))
+    nonce: Mapped[bytes] = mapped_column(LargeBinary(12))
+    ciphertext: Mapped[bytes] = mapped_column(LargeBinary)
     created_at: Mapped[datetime] = mapped_column(UtcDateTime(), default=utcnow)
 
 
@@ -399,6 +431,41 @@ class QueueAttemptRow(Base):
     code: Mapped[int | None] = mapped_column(Integer)
     enhanced: Mapped[str | None] = mapped_column(String(16))
     text: Mapped[str | None] = mapped_column(Text)
+
+
+class DsnRequestRow(Base):
+    """The DSN parameters of a locally delivered recipient (RFC 3461), for later receipts.
+
+    One row per recipient mailbox a message was delivered to, written with the delivery when
+    the envelope carried any DSN parameter. `state` is `pending` when a "delivered" DSN
+    (RFC 3464) is owed: NOTIFY included SUCCESS and the reverse-path was not null.
+    """
+
+    __tablename__ = "dsn_requests"
+    __table_args__ = (
+        CheckConstraint(_in("state", DsnState), name="state"),
+        CheckConstraint("ret IS NULL OR " + _in("ret", DsnRet), name="ret"),
+        Index("ix_dsn_requests_state_created_at", "state", "created_at"),
+        Index("ix_dsn_requests_message_id", "message_id"),
+        Index("ix_dsn_requests_blob_id", "blob_id"),
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    # SET NULL: a message expunged before its DSN went out still owes the DSN.
+    message_id: Mapped[int | None] = mapped_column(
+        BigInteger, ForeignKey("messages.id", ondelete="SET NULL")
+    )
+    # The delivered content, for the headers a DSN returns (RFC 3461 §4.3, RFC 3462).
+    blob_id: Mapped[int] = mapped_column(BigInteger, ForeignKey("blobs.id", ondelete="RESTRICT"))
+    envelope_from: Mapped[str] = mapped_column(String(320))  # '' for the null reverse-path <>
+    recipient: Mapped[str] = mapped_column(String(320))
+    orcpt: Mapped[str | None] = mapped_column(String(500))  # RFC 3461 §4.2, as given
+    notify: Mapped[str | None] = mapped_column(String(64))  # RFC 3461 §4.1, e.g. SUCCESS,DELAY
+    ret: Mapped[str | None] = mapped_column(String(4))  # RFC 3461 §4.3
+    envid: Mapped[str | None] = mapped_column(String(100))  # RFC 3461 §4.4
+    state: Mapped[str] = mapped_column(String(16))
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime(), default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UtcDateTime(), default=utcnow, onupdate=utcnow)
 
 
 class AuditEventRow(Base):

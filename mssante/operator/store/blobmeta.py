@@ -1,0 +1,106 @@
+"""The sealed structure of a stored message (ENVELOPE, BODYSTRUCTURE, part offsets).
+
+Computed once at delivery by `operator.mime` and stored next to the blob, so that IMAP FETCH
+of ENVELOPE, BODYSTRUCTURE or a body section does not parse the message again. The plaintext
+names the subject and the addresses: it is sealed like the body, and bound to the digest of
+its blob, so a row moved to another blob does not open.
+
+The store deals in bytes (the JSON); `operator.mime.from_json` turns them back into values.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from sqlalchemy import select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from mssante.operator.store import _sql
+from mssante.operator.store.crypto import BlobCipher, SealedRecord
+from mssante.operator.store.errors import NotFound
+from mssante.operator.store.schema import BlobMetaRow, BlobRow, utcnow
+
+
+def context(blob_digest: str) -> bytes:
+    """The associated data that ties a sealed structure to its blob."""
+    return b"blob_meta\x00" + blob_digest.encode("ascii")
+
+
+def seal_meta(cipher: BlobCipher, blob_digest: str, plaintext: bytes) -> SealedRecord:
+    """Seal outside any transaction; store with `put_blob_meta`."""
+    return cipher.seal_record(plaintext, context(blob_digest))
+
+
+async def put_blob_meta(session: AsyncSession, items: Sequence[tuple[int, SealedRecord]]) -> None:
+    """Store the sealed structure of each (blob id, record); a blob that has one keeps it.
+
+    Equal blobs have equal structures, so the first one stored is as good as any later one.
+    """
+    if not items:
+        return
+    now = utcnow()
+    stmt = _sql.insert(session, BlobMetaRow).on_conflict_do_nothing(index_elements=["blob_id"])
+    await session.execute(
+        stmt,
+        [
+            {
+                "blob_id": blob_id,
+                "key_id": sealed.key_id,
+                "nonce": sealed.nonce,
+                "ciphertext": sealed.ciphertext,
+                "created_at": now,
+            }
+            for blob_id, sealed in items
+        ],
+    )
+
+
+async def get_blob_meta(session: AsyncSession, cipher: BlobCipher, blob_id: int) -> bytes:
+    """The plaintext structure of a blob; NotFound, KeyUnavailable or BlobTampered otherwise."""
+    row = (
+        await session.execute(
+            select(BlobMetaRow.key_id, BlobMetaRow.nonce, BlobMetaRow.ciphertext, BlobRow.digest)
+            .join(BlobRow, BlobRow.id == BlobMetaRow.blob_id)
+            .where(BlobMetaRow.blob_id == blob_id)
+        )
+    ).one_or_none()
+    if row is None:
+        raise NotFound(f"blob {blob_id} has no stored structure")
+    key_id, nonce, ciphertext, digest = row
+    return cipher.open_record(key_id, nonce, ciphertext, context(digest))
+
+
+async def rekey_meta(
+    session: AsyncSession,
+    cipher: BlobCipher,
+    old_blob_id: int,
+    old_digest: str,
+    new_blob_id: int,
+    new_digest: str,
+) -> None:
+    """Re-seal a blob's structure under the current key for its new digest (key rotation).
+
+    When the blob is merged into a twin (`new_blob_id` differs), the structure is given to
+    the twin unless it has one; the old row goes with its blob (ON DELETE CASCADE).
+    """
+    row = (
+        await session.execute(
+            select(BlobMetaRow.key_id, BlobMetaRow.nonce, BlobMetaRow.ciphertext).where(
+                BlobMetaRow.blob_id == old_blob_id
+            )
+        )
+    ).one_or_none()
+    if row is None:
+        return
+    key_id, nonce, ciphertext = row
+    plaintext = cipher.open_record(key_id, nonce, ciphertext, context(old_digest))
+    sealed = seal_meta(cipher, new_digest, plaintext)
+    if new_blob_id != old_blob_id:
+        await put_blob_meta(session, [(new_blob_id, sealed)])
+        return
+    await session.execute(
+        update(BlobMetaRow)
+        .where(BlobMetaRow.blob_id == old_blob_id)
+        .values(key_id=sealed.key_id, nonce=sealed.nonce, ciphertext=sealed.ciphertext)
+        .execution_options(synchronize_session=False)
+    )
