@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from cryptography import x509
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 
 from mssante.config import Settings
 from mssante.operator import passwords
@@ -34,6 +34,7 @@ from mssante.operator.store.errors import StoreError
 from mssante.operator.store.schema import (
     BindingKind,
     FolderRow,
+    MailboxRow,
     MailboxState,
     MailboxType,
     MessageRow,
@@ -49,6 +50,22 @@ class AdminError(Exception):
     """An administrative operation that is refused; the message says why."""
 
 
+_SIZE_UNITS = {"": 1, "K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4}
+
+
+def parse_size(text: str) -> int | None:
+    """`default` → None; `0` → 0 (no quota); `500M`, `2G`, `1048576` → bytes."""
+    value = text.strip().upper().removesuffix("B")
+    if value == "DEFAULT":
+        return None
+    number, unit = value[:-1], value[-1:]
+    if unit.isdigit():
+        number, unit = value, ""
+    if not number.isdigit() or unit not in _SIZE_UNITS:
+        raise AdminError(f"quota {text!r}: expected a size like 500M or 2G, 0 or 'default'")
+    return int(number) * _SIZE_UNITS[unit]
+
+
 def parse_rights(text: str) -> frozenset[str]:
     rights = frozenset(r.strip().lower() for r in text.split(",") if r.strip())
     unknown = rights - set(RIGHTS)
@@ -58,7 +75,7 @@ def parse_rights(text: str) -> frozenset[str]:
 
 
 @dataclass(frozen=True)
-class MailboxRow:
+class MailboxLine:
     address: str
     type: str
     state: str
@@ -203,11 +220,11 @@ class Admin:
             )
         return box
 
-    async def list_mailboxes(self, type: str | None = None) -> list[MailboxRow]:
+    async def list_mailboxes(self, type: str | None = None) -> list[MailboxLine]:
         async with self.store.session() as session:
             rows = await mailboxes.list_mailboxes(session, MailboxType(type) if type else None)
         return [
-            MailboxRow(b.address, b.type.value, b.state.value, b.display_name, b.national_id)
+            MailboxLine(b.address, b.type.value, b.state.value, b.display_name, b.national_id)
             for b in rows
         ]
 
@@ -236,6 +253,13 @@ class Admin:
             "national_id": box.national_id,
             "password_login": has_password,
             "created_at": box.created_at.isoformat(),
+            "quota_bytes": (
+                box.quota_bytes
+                if box.quota_bytes is not None
+                else self.settings.storage.default_quota_bytes
+            ),
+            "quota_is_default": box.quota_bytes is None,
+            "used_bytes": box.used_bytes,
             "messages": sum(counts.values()),
             "folders": [
                 {
@@ -285,6 +309,24 @@ class Admin:
                 details={"from": current.value, "to": target.value},
             )
         return box
+
+    async def set_quota(self, address: str, quota: str) -> tuple[str, int | None]:
+        """`quota`: a size (`500M`, `2G`, bytes), `0` for none, `default` for the default."""
+        value = parse_size(quota)
+        async with self.store.write_session() as session, session.begin():
+            box = await mailboxes.get_mailbox(session, address)
+            await session.execute(
+                update(MailboxRow).where(MailboxRow.id == box.id).values(quota_bytes=value)
+            )
+            await audit.record(
+                session,
+                "mailbox.quota",
+                Outcome.OK,
+                actor=self.actor,
+                target=box.address,
+                details={"quota_bytes": value},
+            )
+        return box.address, value
 
     async def set_password(self, address: str, password: str) -> None:
         hashed = await passwords.hash_async(password)

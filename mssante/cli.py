@@ -203,6 +203,10 @@ def cmd_mailbox(args: argparse.Namespace) -> int:
             assert password is not None  # required=True above
             await ops.set_password(args.address, password)
             print(f"password of {args.address.lower()} changed")
+        elif sub == "quota":
+            address, value = await ops.set_quota(args.address, args.size)
+            shown = "the default" if value is None else "none" if value == 0 else f"{value} bytes"
+            print(f"quota of {address} is now {shown}")
         elif sub == "bind-cert":
             binding = await ops.bind_certificate(args.address, Path(args.certificate))
             print(f"{args.address.lower()}: bound to certificate {binding}")
@@ -373,6 +377,9 @@ def build_parser() -> argparse.ArgumentParser:
     a = msub.add_parser("passwd", help="set a mailbox's password")
     a.add_argument("address")
     _password_options(a)
+    a = msub.add_parser("quota", help="set a mailbox's quota")
+    a.add_argument("address")
+    a.add_argument("size", help="e.g. 500M, 2G, a number of bytes; 0 = no quota; default")
     a = msub.add_parser("bind-cert", help="let a certificate log in to a mailbox (EXTERNAL)")
     a.add_argument("address")
     a.add_argument("certificate", help="PEM file of the client certificate")

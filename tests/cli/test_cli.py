@@ -303,3 +303,17 @@ def test_bind_certificate(ready: Cli) -> None:
     assert "not-there.pem" in ready.refused(
         "mailbox", "bind-cert", "dpi@test.mssante.test", str(FIXTURES / "not-there.pem")
     )
+
+
+def test_quota(ready: Cli) -> None:
+    ready.ok("mailbox", "add", "dpi@test.mssante.test", "--type", "APP")
+    shown = json.loads(ready.ok("mailbox", "show", "dpi@test.mssante.test"))
+    assert (shown["quota_is_default"], shown["used_bytes"]) == (True, 0)
+    assert shown["quota_bytes"] == 10 * 1024**3
+    assert "524288000 bytes" in ready.ok("mailbox", "quota", "dpi@test.mssante.test", "500M")
+    shown = json.loads(ready.ok("mailbox", "show", "dpi@test.mssante.test"))
+    assert (shown["quota_bytes"], shown["quota_is_default"]) == (524288000, False)
+    assert "none" in ready.ok("mailbox", "quota", "dpi@test.mssante.test", "0")
+    assert "the default" in ready.ok("mailbox", "quota", "dpi@test.mssante.test", "default")
+    assert "expected a size" in ready.refused("mailbox", "quota", "dpi@test.mssante.test", "lots")
+    assert "does not exist" in ready.refused("mailbox", "quota", "x@test.mssante.test", "1G")

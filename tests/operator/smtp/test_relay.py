@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import smtplib
 import socket
@@ -96,8 +97,10 @@ def message(sender: str, to: str, body: str = "Compte rendu de consultation.") -
     return msg.as_bytes(policy=SMTP)  # CRLF line ends, as on the wire
 
 
-@pytest.fixture
-async def relay(store_url: str, write_config: ConfigWriter) -> AsyncIterator[Relay]:
+@contextlib.asynccontextmanager
+async def running_relay(
+    store_url: str, write_config: ConfigWriter, relay_options: str = ""
+) -> AsyncIterator[Relay]:
     port = _free_port()
     crls = [str(FIXTURES / f"{ca}.crl.pem") for ca in ("root-ca", "org-ca", "pro-ca")]
     config = write_config(
@@ -110,6 +113,7 @@ enabled = false
 [relay]
 listen = "127.0.0.1:{port}"
 max_recipients = {MAX_RECIPIENTS}
+{relay_options}
 [whitelist]
 source = "{FIXTURES / "whitelist.xml"}"
 """,
@@ -126,6 +130,12 @@ source = "{FIXTURES / "whitelist.xml"}"
         yield Relay(running, "127.0.0.1", port)
     finally:
         await stop(running)
+
+
+@pytest.fixture
+async def relay(store_url: str, write_config: ConfigWriter) -> AsyncIterator[Relay]:
+    async with running_relay(store_url, write_config) as started:
+        yield started
 
 
 def _send(relay: Relay, peer: str, sender: str, rcpts: list[str]) -> dict[str, tuple[int, bytes]]:
@@ -332,3 +342,92 @@ async def test_dot_stuffing_round_trips(relay: Relay) -> None:
     assert b"\r\n.commence par un point\r\n.\r\n..deux points\r\nfin.\r\n" in stored
     head = stored.split(b"\r\n\r\n", 1)[0]
     assert b"\r\nReceived: from client.test" in head or head.startswith(b"Received: from")
+
+
+# --- limits, with a relay configured tight (SQLite is enough: nothing here is storage) -------
+
+
+@pytest.mark.parametrize("store_url", ["sqlite"], indirect=True)
+async def test_too_many_commands_ends_the_session(
+    store_url: str, write_config: ConfigWriter
+) -> None:
+    async with running_relay(store_url, write_config, "max_commands = 4") as relay:
+
+        def go() -> list[bytes]:
+            with socket.create_connection((relay.host, relay.port), timeout=10) as s:
+                s.recv(512)
+                replies = []
+                for _ in range(5):
+                    s.sendall(b"NOOP\r\n")
+                    replies.append(s.recv(512))
+                replies.append(s.recv(512))  # the server closed: b""
+                return replies
+
+        replies = await asyncio.to_thread(go)
+        assert replies[:4] == [b"250 2.0.0 OK\r\n"] * 4
+        assert replies[4].startswith(b"421 4.7.0") and replies[5] == b""
+        assert "too_many_commands" in await relay.audit_reasons()
+
+
+@pytest.mark.parametrize("store_url", ["sqlite"], indirect=True)
+async def test_total_connection_limit(store_url: str, write_config: ConfigWriter) -> None:
+    async with running_relay(store_url, write_config, "max_connections = 2") as relay:
+
+        def go() -> bytes:
+            held = [socket.create_connection((relay.host, relay.port)) for _ in range(2)]
+            try:
+                for s in held:
+                    assert s.recv(512).startswith(b"220")
+                with socket.create_connection((relay.host, relay.port)) as extra:
+                    return extra.recv(512)
+            finally:
+                for s in held:
+                    s.close()
+
+        assert (await asyncio.to_thread(go)).startswith(b"421 4.7.0 Too many connections")
+        assert "too_many_connections" in await relay.audit_reasons()
+
+
+@pytest.mark.parametrize("store_url", ["sqlite"], indirect=True)
+async def test_idle_session_is_closed(store_url: str, write_config: ConfigWriter) -> None:
+    async with running_relay(store_url, write_config, "idle_timeout_seconds = 1") as relay:
+
+        def go() -> bytes:
+            with socket.create_connection((relay.host, relay.port), timeout=10) as s:
+                s.recv(512)
+                return s.recv(512)  # nothing sent: the server speaks first, then closes
+
+        assert (await asyncio.to_thread(go)).startswith(b"421 4.4.2")
+        assert "idle_timeout" in await relay.audit_reasons()
+
+
+@pytest.mark.parametrize("store_url", ["sqlite"], indirect=True)
+async def test_implicit_tls_listener(store_url: str, write_config: ConfigWriter) -> None:
+    tls_port = _free_port()
+    options = f'implicit_tls_listen = "127.0.0.1:{tls_port}"'
+    async with running_relay(store_url, write_config, options) as relay:
+
+        def go() -> tuple[dict[str, tuple[int, bytes]], str]:
+            context = ssl.create_default_context(cafile=str(FIXTURES / "ca-bundle.pem"))
+            context.check_hostname = False
+            context.load_cert_chain(FIXTURES / "peer-a.pem", FIXTURES / "peer-a.key")
+            with smtplib.SMTP_SSL(relay.host, tls_port, context=context, timeout=10) as smtp:
+                sender = f"x@{_domain_of('peer-a')}"
+                ehlo = smtp.ehlo()[1].decode()
+                return smtp.sendmail(sender, [f"dpi@{DOMAIN}"], message(sender, "d")), ehlo
+
+        refused, ehlo = await asyncio.to_thread(go)
+        assert refused == {} and "STARTTLS" not in ehlo
+        assert relay.running.listeners["relay_tls"] == f"127.0.0.1:{tls_port}"
+        assert await relay.inbox_count(f"dpi@{DOMAIN}") == 1
+
+
+async def test_over_quota_mailbox_refuses_at_rcpt(relay: Relay) -> None:
+    ops = Admin(relay.running.store, relay.running.settings, "test")
+    await ops.set_quota(f"dpi@{DOMAIN}", "100")  # bytes: one message fills it
+    sender = f"x@{_domain_of('peer-a')}"
+    # The message that crosses the quota is accepted; the next one is refused at RCPT.
+    await asyncio.to_thread(_send, relay, "peer-a", sender, [f"dpi@{DOMAIN}"])
+    code, text = await asyncio.to_thread(_rcpt_reply, relay, f"dpi@{DOMAIN}")
+    assert (code, text.split()[0]) == (552, b"5.2.2"), text
+    assert "over_quota" in await relay.audit_reasons()
