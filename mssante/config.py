@@ -78,6 +78,24 @@ class RelaySettings:
 
 
 @dataclass(frozen=True)
+class ImapSettings:
+    """The IMAP listeners for professionals' mail clients (docs/imap.md)."""
+
+    enabled: bool = False
+    """Off by default while the server is partial (docs/imap.md lists what it does)."""
+    listen: str = "0.0.0.0:143"
+    """HOST:PORT of the listener where clients start TLS with STARTTLS."""
+    implicit_tls_listen: str = "0.0.0.0:993"
+    """Empty: no implicit-TLS listener (RFC 8314 recommends offering it)."""
+    max_connections: int = 1000
+    max_connections_per_ip: int = 50
+    idle_timeout_seconds: int = 1800
+    """RFC 9051 §5.4: an inactivity autologout timer of at least 30 minutes."""
+    login_failures_before_delay: int = 3
+    login_delay_max_seconds: int = 30
+
+
+@dataclass(frozen=True)
 class WhitelistSettings:
     """The ANS whitelist: which operator certificate may speak for which domain."""
 
@@ -134,6 +152,7 @@ class Settings:
     logging: LoggingSettings = field(default_factory=LoggingSettings)
     metrics: MetricsSettings = field(default_factory=MetricsSettings)
     relay: RelaySettings = field(default_factory=RelaySettings)
+    imap: ImapSettings = field(default_factory=ImapSettings)
     whitelist: WhitelistSettings = field(default_factory=WhitelistSettings)
     dkim: DkimSettings = field(default_factory=DkimSettings)
     source: Path = Path(DEFAULT_CONFIG_NAME)
@@ -371,6 +390,18 @@ def _check_values(settings: Settings) -> Settings:
     # RFC 5321 §4.5.3.1.6: a text line is at most 1000 octets with CRLF; never accept less.
     if relay.max_line_length < 1000:
         raise ConfigError("relay.max_line_length: must be at least 1000 (RFC 5321 §4.5.3.1.6)")
+    imap = settings.imap
+    if imap.enabled:
+        parse_host_port(imap.listen, "imap.listen")
+        if imap.implicit_tls_listen:
+            parse_host_port(imap.implicit_tls_listen, "imap.implicit_tls_listen")
+    for key in ("max_connections", "max_connections_per_ip", "login_delay_max_seconds"):
+        if getattr(imap, key) < 1:
+            raise ConfigError(f"imap.{key}: must be at least 1")
+    if imap.login_failures_before_delay < 0:
+        raise ConfigError("imap.login_failures_before_delay: must be 0 or more")
+    if imap.idle_timeout_seconds < 1800:
+        raise ConfigError("imap.idle_timeout_seconds: must be at least 1800 (RFC 9051 §5.4)")
     wl = settings.whitelist
     if wl.source and "://" in wl.source and not wl.source.startswith("https://"):
         raise ConfigError(f"whitelist.source: {wl.source}: only https:// URLs or files")

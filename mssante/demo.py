@@ -112,6 +112,11 @@ listen = "127.0.0.1:{port_base + PORT_OFFSETS["metrics"]}"
 [relay]
 listen = "127.0.0.1:{port_base + PORT_OFFSETS["relay"]}"
 
+[imap]
+enabled = true
+listen = "127.0.0.1:{port_base + PORT_OFFSETS["imap"]}"
+implicit_tls_listen = "127.0.0.1:{port_base + PORT_OFFSETS["imaps"]}"
+
 [whitelist]
 source = "whitelist.xml"
 """
@@ -278,6 +283,26 @@ def _print_summary(info: dict[str, Any]) -> None:
     lines += ["", "Delegations and memberships:"]
     for grant in info["delegations"]:
         lines.append(f"  {grant['grantee']} → {grant['owner']}: {', '.join(grant['rights'])}")
+    relay = info["listeners"].get("relay")
+    if relay:
+        host, port = relay.rsplit(":", 1)
+        peer = info["peer"]
+        first = info["mailboxes"][0]["address"]
+        lines += [
+            "",
+            "Deliver a message as the whitelisted peer operator:",
+            f"  swaks --server {host} --port {port} --tls --tls-cert {peer['cert']} \\",
+            f"        --tls-key {peer['key']} --from {peer['sender']} --to {first}",
+        ]
+    imaps = info["listeners"].get("imaps")
+    imap = info["listeners"].get("imap")
+    if imaps or imap:
+        lines += ["", "Thunderbird (docs/demo.md): server 127.0.0.1, normal password,"]
+        if imaps:
+            lines.append(f"  port {imaps.rsplit(':', 1)[1]} with SSL/TLS")
+        if imap:
+            lines.append(f"  or port {imap.rsplit(':', 1)[1]} with STARTTLS")
+        lines.append(f"  trust {info['ca']} or accept the certificate exception")
     lines += [
         "",
         f"Trust anchors: {info['ca']}",

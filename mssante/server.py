@@ -21,6 +21,7 @@ from mssante.config import Settings, parse_host_port
 from mssante.logs import event
 from mssante.operator.auditlog import AuditSink
 from mssante.operator.delivery import Delivery
+from mssante.operator.imap.server import ImapServer
 from mssante.operator.smtp.relay import RelayServer
 from mssante.operator.store.crypto import BlobCipher
 from mssante.operator.store.db import Store, mask_url
@@ -66,6 +67,9 @@ class Running:
     closers: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
     """Closed in reverse order at stop, after the listeners (e.g. drain pending deliveries)."""
     relay: RelayServer | None = None
+    imap: ImapServer | None = None
+    audit: AuditSink | None = None
+    """One audit sink for every listener, started with the first that needs it."""
 
 
 def open_cipher(settings: Settings) -> BlobCipher:
@@ -93,6 +97,8 @@ async def start(settings: Settings) -> Running:
             running.listeners["metrics"] = where
         if settings.relay.enabled:
             await _start_relay(running)
+        if settings.imap.enabled:
+            await _start_imap(running)
     except BaseException:
         await _shutdown(running, store)
         raise
@@ -137,9 +143,7 @@ async def _start_relay(running: Running) -> None:
         )
     else:
         log.warning("no whitelist.source configured: every peer operator will be refused")
-    sink = AuditSink(running.store)
-    await sink.start()
-    running.closers.append(sink.close)
+    sink = await _audit_sink(running)
     delivery = Delivery(running.store, settings)
     await delivery.start()
     running.closers.append(delivery.close)
@@ -148,6 +152,26 @@ async def _start_relay(running: Running) -> None:
     running.servers.extend(relay.servers)
     running.listeners.update(listeners)
     running.relay = relay
+
+
+async def _audit_sink(running: Running) -> AuditSink:
+    if running.audit is None:
+        sink = AuditSink(running.store)
+        await sink.start()
+        running.closers.append(sink.close)
+        running.audit = sink
+    return running.audit
+
+
+async def _start_imap(running: Running) -> None:
+    settings = running.settings
+    sink = await _audit_sink(running)
+    imap = ImapServer(settings, running.store, running.pki, sink)
+    running.closers.append(imap.close)  # after the audit sink's: closers run in reverse
+    listeners = await imap.start(settings.imap.listen, settings.imap.implicit_tls_listen)
+    running.servers.extend(imap.servers)
+    running.listeners.update(listeners)
+    running.imap = imap
 
 
 def _bound(server: asyncio.Server) -> str:

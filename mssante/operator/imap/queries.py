@@ -1,0 +1,460 @@
+"""The store queries the IMAP session runs, over the schema models.
+
+Each command is a fixed, small number of statements whatever the number of messages it
+touches (issue 4: "a FETCH or SEARCH over many messages is one query, not one per message"):
+FETCH reads the message rows, their sealed bodies and structures in one joined SELECT; STORE
+reads the rows, bumps the folder's MODSEQ once and updates the rows in one executemany;
+EXPUNGE deletes and records the removals (rfc/7162 §3.2.10 needs them later) in three.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from sqlalchemy import ColumnElement, and_, bindparam, delete, false, func, insert, or_, select
+from sqlalchemy import update as sql_update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from mssante.operator import mime
+from mssante.operator.imap import fetch as fetch_items
+from mssante.operator.imap.commands import (
+    AndKey,
+    DateKey,
+    FlagKey,
+    NotKey,
+    OrKey,
+    SearchKey,
+    SeqKey,
+    SizeKey,
+    StoreAction,
+    UidKey,
+)
+from mssante.operator.imap.sequence import SequenceSet, compress
+from mssante.operator.store import blobmeta
+from mssante.operator.store.crypto import BlobCipher
+from mssante.operator.store.messages import parse_flags
+from mssante.operator.store.schema import (
+    Base,
+    BlobMetaRow,
+    BlobRow,
+    CredentialRow,
+    ExpungedRow,
+    FolderRow,
+    MailboxRow,
+    MailboxState,
+    MessageRow,
+)
+
+MAX_SQL_RANGES = 100  # OR-ed UID ranges in one predicate; beyond, a bounding range + filter
+
+_MESSAGES = Base.metadata.tables["messages"]
+_MAILBOXES = Base.metadata.tables["mailboxes"]
+
+
+class UnsupportedError(Exception):
+    """A search key or set this slice does not execute; the session answers NO [CANNOT]."""
+
+
+@dataclass(frozen=True, slots=True)
+class Account:
+    mailbox_id: int
+    address: str
+    password_hash: str | None
+
+
+async def find_account(session: AsyncSession, address: str) -> Account | None:
+    """The active mailbox at `address` (already lower-cased) and its password hash."""
+    row = (
+        await session.execute(
+            select(MailboxRow.id, MailboxRow.address, CredentialRow.password_hash)
+            .outerjoin(CredentialRow, CredentialRow.mailbox_id == MailboxRow.id)
+            .where(MailboxRow.address == address, MailboxRow.state == MailboxState.ACTIVE.value)
+        )
+    ).one_or_none()
+    if row is None:
+        return None
+    return Account(mailbox_id=row[0], address=row[1], password_hash=row[2])
+
+
+@dataclass(frozen=True, slots=True)
+class FolderCounts:
+    messages: int
+    unseen: int
+    deleted: int
+    size: int
+
+
+async def folder_counts(session: AsyncSession, folder_id: int) -> FolderCounts:
+    row = (
+        await session.execute(
+            select(
+                func.count(MessageRow.id),
+                func.count(MessageRow.id).filter(MessageRow.seen == false()),
+                func.count(MessageRow.id).filter(MessageRow.deleted.is_(True)),
+                func.coalesce(func.sum(MessageRow.size), 0),
+            ).where(MessageRow.folder_id == folder_id)
+        )
+    ).one()
+    return FolderCounts(int(row[0]), int(row[1]), int(row[2]), int(row[3]))
+
+
+async def folder_uids(session: AsyncSession, folder_id: int) -> list[int]:
+    result = await session.execute(
+        select(MessageRow.uid).where(MessageRow.folder_id == folder_id).order_by(MessageRow.uid)
+    )
+    return list(result.scalars())
+
+
+async def first_unseen_uid(session: AsyncSession, folder_id: int) -> int | None:
+    uid: int | None = await session.scalar(
+        select(func.min(MessageRow.uid)).where(
+            MessageRow.folder_id == folder_id, MessageRow.seen == false()
+        )
+    )
+    return uid
+
+
+def uid_predicate(runs: Sequence[tuple[int, int]]) -> ColumnElement[bool]:
+    """`uid` within the (low, high) runs; an empty list matches nothing."""
+    if not runs:
+        return false()
+    if len(runs) > MAX_SQL_RANGES:
+        # A long OR chain is a deep expression tree (SQLite caps it at 1000); the caller
+        # filters the rows of the bounding range in Python.
+        return MessageRow.uid.between(runs[0][0], runs[-1][1])
+    return or_(*(MessageRow.uid.between(lo, hi) for lo, hi in runs))
+
+
+def flags_of(row: Sequence[object]) -> tuple[str, ...]:
+    """Flag names of (seen, answered, flagged, deleted, draft, keywords)."""
+    names = [f for f, on in zip(fetch_items.SYSTEM_FLAGS, row[:5], strict=True) if on]
+    keywords = str(row[5] or "")
+    return (*names, *keywords.split())
+
+
+@dataclass(frozen=True, slots=True)
+class FetchedMessage:
+    state: fetch_items.MessageState
+    raw: bytes | None
+    structure: mime.Message | None
+
+
+async def fetch_messages(
+    session: AsyncSession,
+    cipher: BlobCipher,
+    folder_id: int,
+    uids: Sequence[int],
+    *,
+    body: bool,
+    structure: bool,
+) -> list[FetchedMessage]:
+    """The messages with these UIDs, ascending, in one SELECT (blob and structure joined in
+    only when asked for; both decrypted here)."""
+    if not uids:
+        return []
+    wanted = set(uids)
+    runs = compress(wanted)
+    columns: list[object] = [
+        MessageRow.uid,
+        MessageRow.size,
+        MessageRow.internal_date,
+        MessageRow.seen,
+        MessageRow.answered,
+        MessageRow.flagged,
+        MessageRow.deleted,
+        MessageRow.draft,
+        MessageRow.keywords,
+    ]
+    need_blob = body or structure
+    if need_blob:
+        columns += [MessageRow.blob_id, BlobRow.key_id, BlobRow.nonce, BlobRow.digest]
+        columns += [BlobRow.ciphertext] if body else []
+    if structure:
+        columns += [BlobMetaRow.key_id, BlobMetaRow.nonce, BlobMetaRow.ciphertext]
+    query = select(*columns).where(MessageRow.folder_id == folder_id, uid_predicate(runs))  # type: ignore[call-overload]
+    if need_blob:
+        query = query.join(BlobRow, BlobRow.id == MessageRow.blob_id)
+    if structure:
+        query = query.outerjoin(BlobMetaRow, BlobMetaRow.blob_id == MessageRow.blob_id)
+    rows = (await session.execute(query.order_by(MessageRow.uid))).all()
+    out: list[FetchedMessage] = []
+    for row in rows:
+        uid = int(row[0])
+        if uid not in wanted:
+            continue
+        state = fetch_items.MessageState(
+            uid=uid, size=int(row[1]), internal_date=row[2], flags=flags_of(row[3:9])
+        )
+        raw: bytes | None = None
+        parsed: mime.Message | None = None
+        i = 9
+        if need_blob:
+            blob_id, key_id, nonce, digest = row[i : i + 4]
+            i += 4
+            if body:
+                raw = cipher.open(key_id, nonce, row[i], digest)
+                i += 1
+            if structure:
+                m_key, m_nonce, m_ciphertext = row[i : i + 3]
+                if m_key is not None:
+                    plain = cipher.open_record(
+                        m_key, m_nonce, m_ciphertext, blobmeta.context(digest)
+                    )
+                    parsed = mime.from_json(plain)
+                else:
+                    # A message stored before structures were kept: parse it now.
+                    if raw is None:
+                        raw = await _blob(session, cipher, int(blob_id))
+                    parsed = mime.parse(raw)
+        out.append(FetchedMessage(state, raw, parsed))
+    return out
+
+
+async def _blob(session: AsyncSession, cipher: BlobCipher, blob_id: int) -> bytes:
+    row = (
+        await session.execute(
+            select(BlobRow.key_id, BlobRow.nonce, BlobRow.ciphertext, BlobRow.digest).where(
+                BlobRow.id == blob_id
+            )
+        )
+    ).one()
+    return cipher.open(row[0], row[1], row[2], row[3])
+
+
+# --- SEARCH (rfc/3501 §6.4.4) ---------------------------------------------------------------
+
+_FLAG_COLUMNS = {
+    "SEEN": MessageRow.seen,
+    "ANSWERED": MessageRow.answered,
+    "FLAGGED": MessageRow.flagged,
+    "DELETED": MessageRow.deleted,
+    "DRAFT": MessageRow.draft,
+}
+
+
+def _midnight(day: dt.date) -> dt.datetime:
+    # The internal date is stored in UTC; dates are compared as UTC days.
+    return dt.datetime(day.year, day.month, day.day, tzinfo=dt.UTC)
+
+
+@dataclass(frozen=True, slots=True)
+class SearchContext:
+    """The session's view: `uids` is its snapshot, ascending (sequence number n is uids[n-1])."""
+
+    uids: Sequence[int]
+
+
+def _set_runs(sequence: SequenceSet, largest: int) -> list[tuple[int, int]]:
+    if sequence.saved:
+        raise UnsupportedError("the saved search result $ (SEARCHRES) is not supported yet")
+    return sequence.resolve(largest)
+
+
+def search_predicate(key: SearchKey, ctx: SearchContext) -> ColumnElement[bool]:
+    """One search key as SQL; UnsupportedError for keys this slice leaves out."""
+    if isinstance(key, FlagKey):
+        name = key.name
+        if name in ("ALL", "OLD"):  # no message is \Recent here (not kept, rfc/9051 drops it)
+            return MessageRow.id.is_not(None)
+        if name in ("RECENT", "NEW"):
+            return false()
+        negated = name.startswith("UN")
+        column = _FLAG_COLUMNS.get(name[2:] if negated else name)
+        if column is None:
+            raise UnsupportedError(f"search key {name}")
+        return column == false() if negated else column.is_(True)
+    if isinstance(key, SizeKey):
+        if key.field == "LARGER":
+            return MessageRow.size > key.size
+        return MessageRow.size < key.size
+    if isinstance(key, DateKey):
+        start = _midnight(key.date)
+        end = start + dt.timedelta(days=1)
+        if key.field == "SINCE":
+            return MessageRow.internal_date >= start
+        if key.field == "BEFORE":
+            return MessageRow.internal_date < start
+        if key.field == "ON":
+            return and_(MessageRow.internal_date >= start, MessageRow.internal_date < end)
+        raise UnsupportedError(f"search key {key.field} (Date: header) is not supported yet")
+    if isinstance(key, UidKey):
+        largest = ctx.uids[-1] if ctx.uids else 0
+        runs = _set_runs(key.uids, largest) if largest else []
+        return _runs_predicate(runs)
+    if isinstance(key, SeqKey):
+        if not ctx.uids:
+            return false()
+        runs = _set_runs(key.sequence, len(ctx.uids))
+        uids = [ctx.uids[n - 1] for lo, hi in runs for n in range(lo, min(hi, len(ctx.uids)) + 1)]
+        return _runs_predicate(compress(uids))
+    if isinstance(key, NotKey):
+        return ~search_predicate(key.key, ctx)
+    if isinstance(key, OrKey):
+        return or_(search_predicate(key.left, ctx), search_predicate(key.right, ctx))
+    if isinstance(key, AndKey):
+        return and_(*(search_predicate(k, ctx) for k in key.keys))
+    raise UnsupportedError(f"search key {type(key).__name__} is not supported yet")
+
+
+def _runs_predicate(runs: Sequence[tuple[int, int]]) -> ColumnElement[bool]:
+    if len(runs) > MAX_SQL_RANGES:
+        raise UnsupportedError("a set of more than 100 ranges in SEARCH")
+    return uid_predicate(runs)
+
+
+async def search_uids(
+    session: AsyncSession, folder_id: int, criteria: Sequence[SearchKey], ctx: SearchContext
+) -> list[int]:
+    """UIDs of the snapshot's messages matching every key, ascending, in one SELECT."""
+    if not ctx.uids:
+        return []
+    predicate = and_(*(search_predicate(k, ctx) for k in criteria))
+    result = await session.execute(
+        select(MessageRow.uid)
+        .where(MessageRow.folder_id == folder_id, MessageRow.uid <= ctx.uids[-1], predicate)
+        .order_by(MessageRow.uid)
+    )
+    return list(result.scalars())
+
+
+# --- STORE (rfc/3501 §6.4.6) and EXPUNGE (§6.4.3) --------------------------------------------
+
+_UPDATE_FLAGS = (
+    sql_update(_MESSAGES)
+    .where(_MESSAGES.c.id == bindparam("b_id"))
+    .values(
+        seen=bindparam("b_seen"),
+        answered=bindparam("b_answered"),
+        flagged=bindparam("b_flagged"),
+        deleted=bindparam("b_deleted"),
+        draft=bindparam("b_draft"),
+        keywords=bindparam("b_keywords"),
+        modseq=bindparam("b_modseq"),
+    )
+)
+
+
+def _new_flags(current: tuple[str, ...], action: StoreAction, flags: Sequence[str]) -> list[str]:
+    if action is StoreAction.REPLACE:
+        return list(flags)
+    lowered = {f.lower() for f in flags}
+    if action is StoreAction.REMOVE:
+        return [f for f in current if f.lower() not in lowered]
+    have = {f.lower() for f in current}
+    return [*current, *(f for f in flags if f.lower() not in have)]
+
+
+async def store_flags(
+    session: AsyncSession,
+    folder_id: int,
+    uids: Sequence[int],
+    action: StoreAction,
+    flags: Sequence[str],
+) -> dict[int, tuple[str, ...]]:
+    """Change the flags of these messages; {uid: flags} of every message still there.
+
+    Changed messages get one new MODSEQ, taken from the folder's counter (rfc/7162 §3.1.1:
+    greater than any before in the folder). ValueError for a flag that cannot be stored. The
+    caller commits.
+    """
+    parse_flags(flags)  # refuse an invalid flag before anything changes
+    wanted = set(uids)
+    if not wanted:
+        return {}
+    rows = (
+        await session.execute(
+            select(
+                MessageRow.id,
+                MessageRow.uid,
+                MessageRow.seen,
+                MessageRow.answered,
+                MessageRow.flagged,
+                MessageRow.deleted,
+                MessageRow.draft,
+                MessageRow.keywords,
+            ).where(MessageRow.folder_id == folder_id, uid_predicate(compress(wanted)))
+        )
+    ).all()
+    result: dict[int, tuple[str, ...]] = {}
+    changes: list[dict[str, object]] = []
+    for row in rows:
+        uid = int(row[1])
+        if uid not in wanted:
+            continue
+        current = flags_of(row[2:8])
+        parsed = parse_flags(_new_flags(current, action, flags))
+        new = flags_of(
+            (parsed.seen, parsed.answered, parsed.flagged, parsed.deleted, parsed.draft,
+             " ".join(parsed.keywords))
+        )  # fmt: skip
+        result[uid] = new
+        if new != current:
+            changes.append(
+                {
+                    "b_id": row[0],
+                    "b_seen": parsed.seen,
+                    "b_answered": parsed.answered,
+                    "b_flagged": parsed.flagged,
+                    "b_deleted": parsed.deleted,
+                    "b_draft": parsed.draft,
+                    "b_keywords": " ".join(parsed.keywords),
+                }
+            )
+    if changes:
+        modseq = await _bump_modseq(session, folder_id)
+        for change in changes:
+            change["b_modseq"] = modseq
+        await session.execute(_UPDATE_FLAGS, changes)
+    return result
+
+
+async def _bump_modseq(session: AsyncSession, folder_id: int) -> int:
+    value = (
+        await session.execute(
+            sql_update(FolderRow)
+            .where(FolderRow.id == folder_id)
+            .values(highest_modseq=FolderRow.highest_modseq + 1)
+            .returning(FolderRow.highest_modseq)
+            .execution_options(synchronize_session=False)
+        )
+    ).scalar_one()
+    return int(value)
+
+
+async def expunge(
+    session: AsyncSession, folder_id: int, mailbox_id: int, uids: Sequence[int]
+) -> list[int]:
+    """Remove the messages among `uids` flagged \\Deleted; their UIDs, ascending.
+
+    The removals are recorded with a new MODSEQ (`expunged`, for QRESYNC later) and the
+    mailbox's `used_bytes` goes down by their size, in the caller's transaction. Blobs stay:
+    other messages or the queue may use them.
+    """
+    wanted = set(uids)
+    if not wanted:
+        return []
+    rows = (
+        await session.execute(
+            select(MessageRow.id, MessageRow.uid, MessageRow.size).where(
+                MessageRow.folder_id == folder_id,
+                MessageRow.deleted.is_(True),
+                uid_predicate(compress(wanted)),
+            )
+        )
+    ).all()
+    gone = [(int(r[0]), int(r[1]), int(r[2])) for r in rows if int(r[1]) in wanted]
+    if not gone:
+        return []
+    modseq = await _bump_modseq(session, folder_id)
+    await session.execute(delete(MessageRow).where(MessageRow.id.in_([g[0] for g in gone])))
+    await session.execute(
+        insert(ExpungedRow), [{"folder_id": folder_id, "uid": g[1], "modseq": modseq} for g in gone]
+    )
+    await session.execute(
+        sql_update(_MAILBOXES)
+        .where(_MAILBOXES.c.id == mailbox_id)
+        .values(used_bytes=_MAILBOXES.c.used_bytes - sum(g[2] for g in gone))
+    )
+    return sorted(g[1] for g in gone)

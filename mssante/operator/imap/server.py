@@ -1,0 +1,187 @@
+"""The IMAP listeners (STARTTLS and implicit TLS) and the state their sessions share:
+connection limits, the failed-login slow-down, the TLS context, the audit sink."""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import logging
+import secrets
+
+from mssante.config import ImapSettings, Settings
+from mssante.logs import bind_session, event, new_session_id
+from mssante.operator.auditlog import AuditRecord, AuditSink
+from mssante.operator.imap import responses
+from mssante.operator.imap.auth import LoginThrottle
+from mssante.operator.imap.limits import DEFAULT_LIMITS, Limits
+from mssante.operator.imap.session import ImapSession
+from mssante.operator.passwords import hash_async
+from mssante.operator.store.db import Store
+from mssante.operator.store.schema import Outcome
+from mssante.pki.runtime import Pki
+
+log = logging.getLogger("mssante.imap")
+
+TLS_HANDSHAKE_TIMEOUT = 30.0
+SHUTDOWN_SECONDS = 5.0
+
+
+class ImapServer:
+    def __init__(
+        self,
+        settings: Settings,
+        store: Store,
+        pki: Pki,
+        audit_sink: AuditSink,
+        *,
+        idle_timeout: float | None = None,
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.audit_sink = audit_sink
+        self.limits: Limits = DEFAULT_LIMITS
+        config = settings.imap
+        self.idle_timeout = float(idle_timeout or config.idle_timeout_seconds)
+        # Client certificates are not asked for yet (AUTHENTICATE EXTERNAL comes later).
+        self.tls_context = pki.server_context("optional")
+        self.throttle = LoginThrottle(
+            config.login_failures_before_delay, float(config.login_delay_max_seconds)
+        )
+        self.servers: list[asyncio.Server] = []
+        self._per_ip: collections.Counter[str] = collections.Counter()
+        self._total = 0
+        self._sessions: dict[asyncio.Task[None], ImapSession] = {}
+        self._dummy: str | None = None
+
+    @property
+    def config(self) -> ImapSettings:
+        return self.settings.imap
+
+    async def dummy_hash(self) -> str:
+        """A hash of a random password: verified for unknown users, so that their refusal
+        costs the same time as a wrong password (no enumeration by timing)."""
+        if self._dummy is None:
+            self._dummy = await hash_async(secrets.token_urlsafe(24))
+        return self._dummy
+
+    def audit(
+        self, session: ImapSession, name: str, outcome: Outcome, details: dict[str, object]
+    ) -> None:
+        with bind_session(session.session_id):
+            event(log, name, peer_ip=session.peer_ip, outcome=outcome.value, **details)
+        user = details.get("user")
+        self.audit_sink.record(
+            AuditRecord(
+                event=name,
+                outcome=outcome,
+                actor="imap",
+                peer_ip=session.peer_ip,
+                target=str(user) if user else None,
+                details={"session": session.session_id, **details},
+            )
+        )
+
+    async def _connection(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, implicit_tls: bool
+    ) -> None:
+        peer = writer.get_extra_info("peername")
+        peer_ip = str(peer[0]) if peer else "-"
+        config = self.config
+        if self._total >= config.max_connections or self._per_ip[peer_ip] >= (
+            config.max_connections_per_ip
+        ):
+            # rfc/9051 §7.1.5: BYE at connection time refuses the session.
+            with contextlib.suppress(Exception):
+                writer.write(responses.bye("Too many connections, try again later"))
+                await writer.drain()
+                writer.close()
+            return
+        self._total += 1
+        self._per_ip[peer_ip] += 1
+        task = asyncio.current_task()
+        session_id = new_session_id()
+        try:
+            with bind_session(session_id):
+                event(
+                    log,
+                    "imap session opened",
+                    peer_ip=peer_ip,
+                    tls="implicit" if implicit_tls else "starttls",
+                )
+                session = ImapSession(
+                    self,
+                    reader,
+                    writer,
+                    session_id=session_id,
+                    peer_ip=peer_ip,
+                    implicit_tls=implicit_tls,
+                )
+                if task is not None:
+                    self._sessions[task] = session
+                try:
+                    await session.run()
+                except Exception:
+                    log.exception("imap session error")
+                finally:
+                    await session.close()
+                    event(log, "imap session closed", peer_ip=peer_ip)
+        finally:
+            self._total -= 1
+            self._per_ip[peer_ip] -= 1
+            if self._per_ip[peer_ip] <= 0:
+                del self._per_ip[peer_ip]
+            if task is not None:
+                self._sessions.pop(task, None)
+
+    async def start(self, listen: str, implicit_tls_listen: str) -> dict[str, str]:
+        from mssante.server import listen_on  # one way to open a listener
+
+        await self.dummy_hash()
+        listeners: dict[str, str] = {}
+
+        async def plain(host: str, port: int) -> asyncio.Server:
+            return await asyncio.start_server(
+                lambda r, w: self._connection(r, w, False), host, port
+            )
+
+        server, where = await listen_on("imap.listen", listen, plain)
+        self.servers.append(server)
+        listeners["imap"] = where
+        if implicit_tls_listen:
+
+            async def implicit(host: str, port: int) -> asyncio.Server:
+                return await asyncio.start_server(
+                    lambda r, w: self._connection(r, w, True),
+                    host,
+                    port,
+                    ssl=self.tls_context,
+                    ssl_handshake_timeout=TLS_HANDSHAKE_TIMEOUT,
+                )
+
+            server, where = await listen_on(
+                "imap.implicit_tls_listen", implicit_tls_listen, implicit
+            )
+            self.servers.append(server)
+            listeners["imaps"] = where
+        return listeners
+
+    async def close(self) -> None:
+        """Stop accepting, then end the open sessions (each gets `* BYE`)."""
+        for server in self.servers:
+            server.close()
+        for session in list(self._sessions.values()):
+            # rfc/9051 §7.1.5: BYE when the server is shutting down; closing the stream ends
+            # the session's read loop.
+            await session.shutdown()
+        tasks = list(self._sessions)
+        if tasks:
+            _, late = await asyncio.wait(tasks, timeout=SHUTDOWN_SECONDS)
+            # A TLS peer that does not answer close_notify: drop the connection. (Not
+            # task.cancel(): asyncio 3.11's start_server callback logs cancelled tasks.)
+            for task in late:
+                open_session = self._sessions.get(task)
+                if open_session is not None:
+                    open_session.abort()
+            if late:
+                await asyncio.wait(late, timeout=SHUTDOWN_SECONDS)
