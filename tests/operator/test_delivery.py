@@ -22,6 +22,7 @@ from cryptography.hazmat.primitives.serialization import (
     PublicFormat,
 )
 from sqlalchemy import delete, func, make_url, select
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from mssante.config import (
     DkimSettings,
@@ -653,6 +654,41 @@ async def test_one_bad_delivery_does_not_fail_its_batch(hosted: Store, delivery:
     assert [isinstance(o, BaseException) for o in outcomes] == [False, True, False] * 4
     assert delivery.stats.split_batches >= 1
     assert len(await _rows(hosted, jean)) == 4 and len(await _rows(hosted, org)) == 4
+
+
+async def test_a_lone_sender_after_a_busy_batch_is_not_kept_waiting(
+    hosted: Store, delivery: Delivery
+) -> None:
+    # After a batch of 12 the committer lingers for up to 12 deliveries; one alone must still
+    # be committed (the wait_for only turns a hang into a failure).
+    jean = ADDRESSES[MailboxType.PER]
+    await asyncio.gather(
+        *(delivery.deliver(_envelope(jean), _message(f"n{i}"), SESSION) for i in range(12))
+    )
+    report = await asyncio.wait_for(delivery.deliver(_envelope(jean), _message(), SESSION), 30)
+    assert len(await _rows(hosted, jean)) == 13
+    assert report.message_ids[0] == (await _rows(hosted, jean))[-1].id
+
+
+async def test_an_error_after_the_commit_does_not_store_twice(
+    hosted: Store, delivery: Delivery, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    jean = ADDRESSES[MailboxType.PER]
+    await delivery.check_recipient(jean)
+    original = AsyncSession.close
+
+    async def failing_close(self: AsyncSession) -> None:
+        await original(self)
+        raise RuntimeError("closing the session failed")
+
+    monkeypatch.setattr(AsyncSession, "close", failing_close)
+    reports = await asyncio.gather(
+        *(delivery.deliver(_envelope(jean), _message(f"n{i}"), SESSION) for i in range(5))
+    )
+    monkeypatch.undo()
+    stored = await _rows(hosted, jean)
+    assert sorted(r.id for r in stored) == sorted(i for r in reports for i in r.message_ids)
+    assert delivery.stats.split_batches == 0
 
 
 async def test_close_drains_queued_deliveries_then_refuses(

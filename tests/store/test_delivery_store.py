@@ -63,8 +63,10 @@ async def test_put_sealed_blobs_deduplicates_within_and_across_batches(store: St
         await session.commit()
     sealed = [(cipher.seal(one), len(one)), (cipher.seal(two), len(two)), (cipher.seal(two), 9)]
     async with store.session() as session:
-        ids = await blobs.put_sealed_blobs(session, sealed)
+        stored = await blobs.put_sealed_blobs(session, sealed)
         await session.commit()
+    ids = stored.ids
+    assert stored.created == {cipher.digest(two)}
     assert ids[cipher.digest(one)] == earlier
     assert len(set(ids.values())) == 2
     async with store.read_session() as session:

@@ -12,13 +12,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from sqlalchemy import select, update
+from sqlalchemy import insert, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from mssante.operator.store import _sql
 from mssante.operator.store.crypto import BlobCipher, SealedRecord
 from mssante.operator.store.errors import NotFound
-from mssante.operator.store.schema import BlobMetaRow, BlobRow, utcnow
+from mssante.operator.store.schema import Base, BlobMetaRow, BlobRow, utcnow
 
 
 def context(blob_digest: str) -> bytes:
@@ -42,6 +42,34 @@ async def put_blob_meta(session: AsyncSession, items: Sequence[tuple[int, Sealed
     stmt = _sql.insert(session, BlobMetaRow).on_conflict_do_nothing(index_elements=["blob_id"])
     await session.execute(
         stmt,
+        [
+            {
+                "blob_id": blob_id,
+                "key_id": sealed.key_id,
+                "nonce": sealed.nonce,
+                "ciphertext": sealed.ciphertext,
+                "created_at": now,
+            }
+            for blob_id, sealed in items
+        ],
+    )
+
+
+_BLOB_META = Base.metadata.tables["blob_meta"]
+_INSERT_META = insert(_BLOB_META)  # built once: compiled once per process
+
+
+async def add_new_blob_meta(
+    session: AsyncSession, items: Sequence[tuple[int, SealedRecord]]
+) -> None:
+    """`put_blob_meta` for blobs created in this same transaction, which cannot have a
+    structure yet: a plain INSERT, which SQLAlchemy compiles once (its `ON CONFLICT` form is
+    compiled again at every call)."""
+    if not items:
+        return
+    now = utcnow()
+    await session.execute(
+        _INSERT_META,
         [
             {
                 "blob_id": blob_id,

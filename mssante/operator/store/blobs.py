@@ -8,8 +8,9 @@ once: messages and queue entries reference a blob. Blobs are looked up by their 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import NamedTuple
 
-from sqlalchemy import delete, select, update
+from sqlalchemy import bindparam, delete, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -18,6 +19,7 @@ from mssante.operator.store.crypto import BlobCipher, SealedBlob
 from mssante.operator.store.db import Store
 from mssante.operator.store.errors import NotFound, StoreError
 from mssante.operator.store.schema import (
+    Base,
     BlobRow,
     DsnRequestRow,
     MessageRow,
@@ -66,60 +68,66 @@ async def put_blob(session: AsyncSession, cipher: BlobCipher, data: bytes) -> in
     return blob_id
 
 
+_BLOBS = Base.metadata.tables["blobs"]
+# Built once, of a fixed shape: compiled once per process (see put_sealed_blobs).
+_IDS_BY_DIGEST = select(_BLOBS.c.digest, _BLOBS.c.id).where(
+    _BLOBS.c.digest.in_(bindparam("digests", expanding=True))
+)
+_INSERT_BLOBS = insert(_BLOBS).returning(_BLOBS.c.digest, _BLOBS.c.id)
+
+
 async def _ids_by_digest(session: AsyncSession, digests: Sequence[str]) -> dict[str, int]:
     found: dict[str, int] = {}
     for i in range(0, len(digests), _IN_CHUNK):
-        rows = await session.execute(
-            select(BlobRow.digest, BlobRow.id).where(BlobRow.digest.in_(digests[i : i + _IN_CHUNK]))
-        )
+        rows = await session.execute(_IDS_BY_DIGEST, {"digests": digests[i : i + _IN_CHUNK]})
         found.update({digest: blob_id for digest, blob_id in rows.tuples()})
     return found
 
 
+class StoredBlobs(NamedTuple):
+    ids: dict[str, int]  # {digest: blob id}
+    created: frozenset[str]  # digests of the blobs this call inserted
+
+
 async def put_sealed_blobs(
     session: AsyncSession, blobs: Sequence[tuple[SealedBlob, int]]
-) -> dict[str, int]:
+) -> StoredBlobs:
     """Store blobs sealed beforehand (`BlobCipher.seal`, outside the transaction), or find
-    them already stored; returns {digest: blob id}. `blobs` are (sealed, plaintext size).
+    them already stored. `blobs` are (sealed, plaintext size).
 
-    The batch form of `put_blob`, for group commit: one multi-row INSERT, then one lookup for
-    contents already there. Same guarantee under concurrency: `ON CONFLICT DO NOTHING` lets the
-    unique digest decide and the winner's row is read back. The caller commits.
+    The batch form of `put_blob`, for group commit: one lookup of the contents already stored,
+    then one INSERT of the others; both statements have a fixed shape, so they are compiled
+    once per process (SQLAlchemy 2.0 cannot cache `ON CONFLICT` statements, and compiling one
+    for every batch costs more than the lookup). The unique digest still decides under
+    concurrency: on SQLite the transaction holds the write lock, so nothing can come between
+    the lookup and the insert; on PostgreSQL a concurrent transaction storing the same content
+    makes the insert fail, and the caller's retry then finds that blob. The caller commits.
     """
     unique: dict[str, tuple[SealedBlob, int]] = {}
     for sealed, size in blobs:
         unique.setdefault(sealed.digest, (sealed, size))
     if not unique:
-        return {}
-    now = utcnow()
-    stmt = (
-        _sql.insert(session, BlobRow)
-        .on_conflict_do_nothing(index_elements=["digest"])
-        .returning(BlobRow.digest, BlobRow.id)
-    )
-    # Insert first: a delivered message carries our Received field, so it is almost never
-    # stored already; the rare conflicts are then looked up.
-    rows = await session.execute(
-        stmt,
-        [
-            {
-                "digest": digest,
-                "key_id": sealed.key_id,
-                "nonce": sealed.nonce,
-                "ciphertext": sealed.ciphertext,
-                "size": size,
-                "created_at": now,
-            }
-            for digest, (sealed, size) in unique.items()
-        ],
-    )
-    ids = {digest: blob_id for digest, blob_id in rows.tuples()}
-    existing = [digest for digest in unique if digest not in ids]
-    if existing:
-        ids.update(await _ids_by_digest(session, existing))
-        if any(digest not in ids for digest in existing):
-            raise StoreError("blob stored concurrently and removed before it could be read")
-    return ids
+        return StoredBlobs({}, frozenset())
+    ids = await _ids_by_digest(session, list(unique))
+    missing = [digest for digest in unique if digest not in ids]
+    if missing:
+        now = utcnow()
+        rows = await session.execute(
+            _INSERT_BLOBS,
+            [
+                {
+                    "digest": digest,
+                    "key_id": unique[digest][0].key_id,
+                    "nonce": unique[digest][0].nonce,
+                    "ciphertext": unique[digest][0].ciphertext,
+                    "size": unique[digest][1],
+                    "created_at": now,
+                }
+                for digest in missing
+            ],
+        )
+        ids.update({digest: blob_id for digest, blob_id in rows.tuples()})
+    return StoredBlobs(ids, frozenset(missing))
 
 
 async def get_blob(session: AsyncSession, cipher: BlobCipher, blob_id: int) -> bytes:

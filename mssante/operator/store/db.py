@@ -32,6 +32,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from sqlalchemy.ext.asyncio import create_async_engine as _create_async_engine
 from sqlalchemy.pool import ConnectionPoolEntry
 
+from mssante.operator.store import _aiosqlite
 from mssante.operator.store.crypto import BlobCipher
 from mssante.operator.store.errors import StoreError
 
@@ -131,6 +132,7 @@ def create_engine(url: str) -> AsyncEngine:
             ) from None
         engine = _create_async_engine(
             parsed,
+            module=_aiosqlite.DBAPI(),  # one trip to the SQLite thread per statement
             # Writers serialise on the file anyway; a few connections serve concurrent readers.
             pool_size=5,
             max_overflow=10,

@@ -22,10 +22,9 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import NamedTuple
 
-from sqlalchemy import case, insert, select, update
+from sqlalchemy import bindparam, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from mssante.operator.store import _sql
 from mssante.operator.store.errors import NotFound, StoreError
 from mssante.operator.store.schema import Base, FolderRow, MessageRow, utcnow
 
@@ -130,6 +129,32 @@ async def append_message(
 
 _MESSAGES = Base.metadata.tables["messages"]
 _MAILBOXES = Base.metadata.tables["mailboxes"]
+_FOLDERS = Base.metadata.tables["folders"]
+
+# Batch statements built once: their shape does not depend on the batch, so SQLAlchemy
+# compiles each once per process and afterwards only binds parameters.
+_LOCK_FOLDERS = (
+    select(_FOLDERS.c.id, _FOLDERS.c.uidnext, _FOLDERS.c.highest_modseq, _FOLDERS.c.mailbox_id)
+    .where(_FOLDERS.c.id.in_(bindparam("ids", expanding=True)))
+    .order_by(_FOLDERS.c.id)
+    .with_for_update()
+)
+_BUMP_FOLDER = (
+    update(_FOLDERS)
+    .where(_FOLDERS.c.id == bindparam("folder"))
+    .values(
+        uidnext=_FOLDERS.c.uidnext + bindparam("step"),
+        highest_modseq=_FOLDERS.c.highest_modseq + bindparam("step"),
+    )
+)
+_ADD_USED_BYTES = (
+    update(_MAILBOXES)
+    .where(_MAILBOXES.c.id == bindparam("mailbox"))
+    .values(used_bytes=_MAILBOXES.c.used_bytes + bindparam("added"))
+)
+_INSERT_MESSAGES = insert(_MESSAGES).returning(
+    _MESSAGES.c.id, _MESSAGES.c.folder_id, _MESSAGES.c.uid
+)
 
 
 async def _allocate(session: AsyncSession, folder_id: int, count: int) -> tuple[int, int, int]:
@@ -155,49 +180,39 @@ async def _allocate(session: AsyncSession, folder_id: int, count: int) -> tuple[
 async def _allocate_many(
     session: AsyncSession, counts: dict[int, int]
 ) -> dict[int, tuple[int, int, int]]:
-    """`_allocate` for several folders in one statement: {folder id: (first uid, first modseq,
+    """`_allocate` for several folders at once: {folder id: (first uid, first modseq,
     mailbox id)}.
 
-    One UPDATE with a CASE rather than one per folder: a batch may touch hundreds of folders,
-    and every statement is a round trip. On PostgreSQL the rows are first locked in id order,
-    so two batches over the same folders cannot deadlock (an UPDATE alone locks in scan order).
+    Two statements whatever the number of folders, each of a fixed shape so that it is
+    compiled once (a CASE over the folders would be a new statement for every batch size):
+    the counters are read with the rows locked, in id order so that two batches over the same
+    folders cannot deadlock (PostgreSQL `FOR UPDATE`; on SQLite the write lock the transaction
+    holds), then bumped by one UPDATE per folder, sent as one executemany.
     """
     ids = sorted(counts)
-    if _sql.dialect_name(session) == "postgresql":
-        await session.execute(
-            select(FolderRow.id)
-            .where(FolderRow.id.in_(ids))
-            .order_by(FolderRow.id)
-            .with_for_update()
-        )
-    step = case(counts, value=FolderRow.id, else_=0)
-    result = await session.execute(
-        update(FolderRow)
-        .where(FolderRow.id.in_(ids))
-        .values(uidnext=FolderRow.uidnext + step, highest_modseq=FolderRow.highest_modseq + step)
-        .returning(FolderRow.id, FolderRow.uidnext, FolderRow.highest_modseq, FolderRow.mailbox_id)
-        .execution_options(synchronize_session=False)
-    )
+    result = await session.execute(_LOCK_FOLDERS, {"ids": ids})
     reserved: dict[int, tuple[int, int, int]] = {}
     for folder_id, uidnext, highest, mailbox_id in result.tuples():
-        if uidnext - 1 > MAX_UID:
-            raise StoreError(f"folder id {folder_id}: UID space exhausted")
         count = counts[folder_id]
-        reserved[folder_id] = (uidnext - count, highest - count + 1, mailbox_id)
+        if uidnext + count - 1 > MAX_UID:
+            raise StoreError(f"folder id {folder_id}: UID space exhausted")
+        reserved[folder_id] = (uidnext, highest + 1, mailbox_id)
     missing = [f for f in ids if f not in reserved]
     if missing:
         raise NotFound(f"folder id {missing[0]} does not exist")
+    await session.execute(
+        _BUMP_FOLDER, [{"folder": folder_id, "step": counts[folder_id]} for folder_id in ids]
+    )
     return reserved
 
 
 async def _add_used_bytes(session: AsyncSession, added: dict[int, int]) -> None:
     if not added:
         return
-    step = case(added, value=_MAILBOXES.c.id, else_=0)
+    # Ascending ids: the lock order every appender follows (module docstring).
     await session.execute(
-        update(_MAILBOXES)
-        .where(_MAILBOXES.c.id.in_(sorted(added)))
-        .values(used_bytes=_MAILBOXES.c.used_bytes + step)
+        _ADD_USED_BYTES,
+        [{"mailbox": mailbox_id, "added": added[mailbox_id]} for mailbox_id in sorted(added)],
     )
 
 
@@ -224,10 +239,10 @@ class StoredMessage:
 async def append_messages(session: AsyncSession, new: Sequence[NewMessage]) -> list[StoredMessage]:
     """Append several messages at once; results in the order of `new`.
 
-    The batch form of `append_message`, with the same guarantees: per folder one UPDATE
-    reserves a run of UIDs and MODSEQs (ascending within the run, in the order given), all
-    folders in one statement; then one multi-row INSERT adds every message, and one UPDATE adds
-    to the mailboxes' `used_bytes`.
+    The batch form of `append_message`, with the same guarantees: each folder reserves a run of
+    UIDs and MODSEQs (ascending within the run, in the order given), all folders together
+    (`_allocate_many`); then one INSERT adds every message, and one executemany adds to the
+    mailboxes' `used_bytes`. Every statement is compiled once per process.
     """
     if not new:
         return []
@@ -269,9 +284,7 @@ async def append_messages(session: AsyncSession, new: Sequence[NewMessage]) -> l
     now = utcnow()
     for index, row in enumerate(rows):
         row.update(uid=uids[index], modseq=modseqs[index], created_at=now)
-    result = await session.execute(
-        insert(_MESSAGES).returning(_MESSAGES.c.id, _MESSAGES.c.folder_id, _MESSAGES.c.uid), rows
-    )
+    result = await session.execute(_INSERT_MESSAGES, rows)
     ids = {(folder_id, uid): message_id for message_id, folder_id, uid in result.tuples()}
     await _add_used_bytes(session, added)
     return [
