@@ -314,6 +314,10 @@ class RelaySMTP(AioSMTP):
         self._writer.write(("\r\n".join(lines) + "\r\n").encode())
         await self._writer.drain()
 
+    async def smtp_AUTH(self, arg: str) -> None:
+        # Peers authenticate with their certificate; passwords belong to submission.
+        await self.push("502 5.5.1 AUTH not available on the relay")
+
     async def smtp_HELO(self, hostname: str) -> None:
         self._transaction = None
         await super().smtp_HELO(hostname)

@@ -431,3 +431,12 @@ async def test_over_quota_mailbox_refuses_at_rcpt(relay: Relay) -> None:
     code, text = await asyncio.to_thread(_rcpt_reply, relay, f"dpi@{DOMAIN}")
     assert (code, text.split()[0]) == (552, b"5.2.2"), text
     assert "over_quota" in await relay.audit_reasons()
+
+
+async def test_auth_is_not_offered_on_the_relay(relay: Relay) -> None:
+    def go() -> tuple[int, bytes]:
+        with relay.client("peer-a") as smtp:
+            return smtp.docmd("AUTH", "PLAIN AGplYW4AcGFzc3dvcmQ=")
+
+    code, text = await asyncio.to_thread(go)
+    assert (code, text) == (502, b"5.5.1 AUTH not available on the relay")
