@@ -26,14 +26,10 @@ import base64
 import os
 import secrets
 import statistics
-import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from pathlib import Path
 
-import asyncpg
 import dkim as dkimpy  # type: ignore[import-untyped]
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.hazmat.primitives.serialization import (
@@ -42,7 +38,7 @@ from cryptography.hazmat.primitives.serialization import (
     PrivateFormat,
     PublicFormat,
 )
-from sqlalchemy import make_url
+from scratch import scratch_database  # bench/scratch.py (the script's own directory)
 
 from mssante.config import (
     DkimSettings,
@@ -62,36 +58,6 @@ DOMAIN = "bench.mssante.test"
 PATIENTS = "patient.bench.mssante.test"
 SELECTOR = "bench"
 TYPES = [MailboxType.PER, MailboxType.ORG, MailboxType.APP, MailboxType.CAB]
-
-
-@asynccontextmanager
-async def _scratch_postgresql(admin_url: str) -> AsyncIterator[str]:
-    dsn = make_url(admin_url).set(drivername="postgresql")
-    name = f"mssante_bench_{secrets.token_hex(4)}"
-    conn = await asyncpg.connect(dsn.render_as_string(hide_password=False))
-    try:
-        await conn.execute(f'CREATE DATABASE "{name}"')
-        try:
-            yield dsn.set(database=name).render_as_string(hide_password=False)
-        finally:
-            await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    finally:
-        await conn.close()
-
-
-@asynccontextmanager
-async def _database(kind: str, url: str | None) -> AsyncIterator[str]:
-    if kind == "postgresql":
-        if not url:
-            sys.exit("--url is required with --db postgresql")
-        async with _scratch_postgresql(url) as scratch:
-            yield scratch
-        return
-    if url:
-        yield url
-        return
-    with tempfile.TemporaryDirectory(prefix="mssante-bench-") as tmp:
-        yield f"sqlite:///{Path(tmp) / 'bench.db'}"
 
 
 def _letter(i: int, size: int) -> bytes:
@@ -141,7 +107,7 @@ async def run(
             dkimpy.sign(m, SELECTOR.encode(), b"peer.mssante.test", private_pem) + m
             for m in letters
         ]
-    async with _database(kind, url) as db_url:
+    async with scratch_database(kind, url) as db_url:
         await upgrade(db_url)
         cipher = BlobCipher({"bench": os.urandom(32)}, "bench")
         async with await Store.open(db_url, cipher) as store:

@@ -19,17 +19,12 @@ import argparse
 import asyncio
 import os
 import secrets
-import sys
-import tempfile
 import time
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from pathlib import Path
 
-import asyncpg
-from sqlalchemy import make_url, select
+from scratch import scratch_database  # bench/scratch.py (the script's own directory)
+from sqlalchemy import select
 
 from mssante.operator.store import blobs, domains, folders, mailboxes, messages
 from mssante.operator.store.crypto import BlobCipher
@@ -61,36 +56,6 @@ def _bodies(count: int, size: int) -> list[bytes]:
         f"Message-ID: <{i}.{secrets.token_hex(8)}@bench>\r\n\r\n".encode() + os.urandom(size)
         for i in range(count)
     ]
-
-
-@asynccontextmanager
-async def _scratch_postgresql(admin_url: str) -> AsyncIterator[str]:
-    dsn = make_url(admin_url).set(drivername="postgresql")
-    name = f"mssante_bench_{secrets.token_hex(4)}"
-    conn = await asyncpg.connect(dsn.render_as_string(hide_password=False))
-    try:
-        await conn.execute(f'CREATE DATABASE "{name}"')
-        try:
-            yield dsn.set(database=name).render_as_string(hide_password=False)
-        finally:
-            await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    finally:
-        await conn.close()
-
-
-@asynccontextmanager
-async def _database(kind: str, url: str | None) -> AsyncIterator[str]:
-    if kind == "postgresql":
-        if not url:
-            sys.exit("--url is required with --db postgresql")
-        async with _scratch_postgresql(url) as scratch:
-            yield scratch
-        return
-    if url:
-        yield url
-        return
-    with tempfile.TemporaryDirectory(prefix="mssante-bench-") as tmp:
-        yield f"sqlite:///{Path(tmp) / 'bench.db'}"
 
 
 async def _appends(
@@ -139,7 +104,7 @@ async def _reads(store: Store, concurrency: int) -> Result:
 
 
 async def run(kind: str, url: str | None, count: int, size: int, concurrency: int) -> None:
-    async with _database(kind, url) as db_url:
+    async with scratch_database(kind, url) as db_url:
         await upgrade(db_url)
         cipher = BlobCipher({"bench": os.urandom(32)}, "bench")
         async with await Store.open(db_url, cipher) as store:

@@ -11,10 +11,12 @@ a stack trace, ready for a status report.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import ssl
 import tempfile
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import httpx
@@ -131,3 +133,20 @@ def write_atomically(path: Path, data: bytes) -> None:
             os.fsync(directory)
     finally:
         os.close(directory)
+
+
+async def refresh_periodically(
+    refresh: Callable[[], Awaitable[None]], interval_seconds: float, *, immediately: bool = False
+) -> None:
+    """Call ``refresh`` every ``interval_seconds`` until cancelled (CRLs, the whitelist).
+
+    ``refresh`` must not raise: it keeps the last good copy and reports failures itself.
+    The first call happens one interval from now, or at once with ``immediately=True``.
+    """
+    if interval_seconds <= 0:
+        raise ValueError("interval_seconds must be positive")
+    if immediately:
+        await refresh()
+    while True:
+        await asyncio.sleep(interval_seconds)
+        await refresh()

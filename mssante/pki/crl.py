@@ -34,7 +34,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import dsa, ec, ed448, ed25519, rsa
 
-from mssante.fetch import FetchError, download, read_bounded, write_atomically
+from mssante.fetch import FetchError, download, read_bounded, refresh_periodically, write_atomically
 from mssante.pki.anchors import TrustStore, subject_key_id
 from mssante.pki.dn import dn_to_string
 from mssante.pki.errors import PkiError
@@ -200,13 +200,7 @@ class CrlStore:
         Call :meth:`load` first at start-up; the first periodic refresh then happens one
         interval later (or at once with ``immediately=True``).
         """
-        if interval_seconds <= 0:
-            raise ValueError("interval_seconds must be positive")
-        if immediately:
-            await self.refresh()
-        while True:
-            await asyncio.sleep(interval_seconds)
-            await self.refresh()
+        await refresh_periodically(self.refresh, interval_seconds, immediately=immediately)
 
     async def _refresh_source(self, state: _SourceState) -> None:
         try:

@@ -32,7 +32,7 @@ from pathlib import Path, PurePosixPath
 from typing import Final
 from urllib.parse import urlsplit
 
-from mssante.fetch import FetchError, download, read_bounded
+from mssante.fetch import FetchError, download, read_bounded, refresh_periodically
 from mssante.pki.errors import PkiError
 from mssante.pki.tls import client_context
 from mssante.whitelist.cache import CachedCopy, WhitelistCache, WhitelistStatus, age_at
@@ -218,13 +218,7 @@ class WhitelistStore:
         Call :meth:`load` first at start-up; the first periodic refresh then happens one
         interval later (or at once with ``immediately=True``).
         """
-        if interval_seconds <= 0:
-            raise ValueError("interval_seconds must be positive")
-        if immediately:
-            await self.refresh()
-        while True:
-            await asyncio.sleep(interval_seconds)
-            await self.refresh()
+        await refresh_periodically(self.refresh, interval_seconds, immediately=immediately)
 
     async def _attempt(self, now: datetime) -> None:
         data = await self._read(self.source, self._max_bytes)
