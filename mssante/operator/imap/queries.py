@@ -458,3 +458,142 @@ async def expunge(
         .values(used_bytes=_MAILBOXES.c.used_bytes - sum(g[2] for g in gone))
     )
     return sorted(g[1] for g in gone)
+
+
+async def remove_messages(
+    session: AsyncSession, folder_id: int, mailbox_id: int, uids: Sequence[int]
+) -> list[int]:
+    """Remove these messages whatever their flags (MOVE's source side, rfc/6851 §3.3); their
+    UIDs, ascending. Recorded and accounted like `expunge`; the caller commits."""
+    wanted = set(uids)
+    if not wanted:
+        return []
+    rows = (
+        await session.execute(
+            select(MessageRow.id, MessageRow.uid, MessageRow.size).where(
+                MessageRow.folder_id == folder_id, uid_predicate(compress(wanted))
+            )
+        )
+    ).all()
+    gone = [(int(r[0]), int(r[1]), int(r[2])) for r in rows if int(r[1]) in wanted]
+    if not gone:
+        return []
+    modseq = await _bump_modseq(session, folder_id)
+    await session.execute(delete(MessageRow).where(MessageRow.id.in_([g[0] for g in gone])))
+    await session.execute(
+        insert(ExpungedRow), [{"folder_id": folder_id, "uid": g[1], "modseq": modseq} for g in gone]
+    )
+    await session.execute(
+        sql_update(_MAILBOXES)
+        .where(_MAILBOXES.c.id == mailbox_id)
+        .values(used_bytes=_MAILBOXES.c.used_bytes - sum(g[2] for g in gone))
+    )
+    return sorted(g[1] for g in gone)
+
+
+# --- APPEND, COPY, MOVE (rfc/3501 §6.3.11, §6.4.7; rfc/6851) ---------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Usage:
+    used_bytes: int
+    quota_bytes: int | None  # None: the configured default
+
+
+async def mailbox_usage(session: AsyncSession, mailbox_id: int) -> Usage:
+    row = (
+        await session.execute(
+            select(MailboxRow.used_bytes, MailboxRow.quota_bytes).where(MailboxRow.id == mailbox_id)
+        )
+    ).one()
+    return Usage(int(row[0]), None if row[1] is None else int(row[1]))
+
+
+@dataclass(frozen=True, slots=True)
+class CopySource:
+    uid: int
+    blob_id: int
+    size: int
+    internal_date: dt.datetime
+    flags: tuple[str, ...]
+
+
+async def copy_sources(
+    session: AsyncSession, folder_id: int, uids: Sequence[int]
+) -> list[CopySource]:
+    """The rows COPY/MOVE duplicate (the body blob is shared, not copied), ascending UIDs."""
+    wanted = set(uids)
+    if not wanted:
+        return []
+    rows = (
+        await session.execute(
+            select(
+                MessageRow.uid,
+                MessageRow.blob_id,
+                MessageRow.size,
+                MessageRow.internal_date,
+                MessageRow.seen,
+                MessageRow.answered,
+                MessageRow.flagged,
+                MessageRow.deleted,
+                MessageRow.draft,
+                MessageRow.keywords,
+            )
+            .where(MessageRow.folder_id == folder_id, uid_predicate(compress(wanted)))
+            .order_by(MessageRow.uid)
+        )
+    ).all()
+    return [
+        CopySource(int(r[0]), int(r[1]), int(r[2]), r[3], flags_of(r[4:10]))
+        for r in rows
+        if int(r[0]) in wanted
+    ]
+
+
+async def folder_marker(session: AsyncSession, folder_id: int) -> tuple[int, int] | None:
+    """(UIDNEXT, HIGHESTMODSEQ) of a folder: any APPEND, STORE or EXPUNGE changes it. IDLE
+    polls this cheap row to notice changes made by other processes or by Delivery."""
+    row = (
+        await session.execute(
+            select(FolderRow.uidnext, FolderRow.highest_modseq).where(FolderRow.id == folder_id)
+        )
+    ).one_or_none()
+    return None if row is None else (int(row[0]), int(row[1]))
+
+
+# --- CREATE, DELETE, RENAME, SUBSCRIBE (rfc/3501 §6.3.3 to §6.3.7) -----------------------------
+
+
+async def delete_folder(session: AsyncSession, folder_id: int, mailbox_id: int) -> None:
+    """Delete a folder and its messages (their size leaves `used_bytes`); the caller commits."""
+    size = await session.scalar(
+        select(func.coalesce(func.sum(MessageRow.size), 0)).where(MessageRow.folder_id == folder_id)
+    )
+    await session.execute(delete(MessageRow).where(MessageRow.folder_id == folder_id))
+    await session.execute(delete(ExpungedRow).where(ExpungedRow.folder_id == folder_id))
+    await session.execute(delete(FolderRow).where(FolderRow.id == folder_id))
+    await session.execute(
+        sql_update(_MAILBOXES)
+        .where(_MAILBOXES.c.id == mailbox_id)
+        .values(used_bytes=_MAILBOXES.c.used_bytes - int(size or 0))
+    )
+
+
+async def rename_folders(session: AsyncSession, renames: Sequence[tuple[int, str]]) -> None:
+    """Give each folder id its new name; the caller commits."""
+    for folder_id, name in renames:
+        await session.execute(
+            sql_update(FolderRow)
+            .where(FolderRow.id == folder_id)
+            .values(name=name)
+            .execution_options(synchronize_session=False)
+        )
+
+
+async def set_subscribed(session: AsyncSession, folder_id: int, subscribed: bool) -> None:
+    await session.execute(
+        sql_update(FolderRow)
+        .where(FolderRow.id == folder_id)
+        .values(subscribed=subscribed)
+        .execution_options(synchronize_session=False)
+    )

@@ -15,6 +15,7 @@ from mssante.operator.auditlog import AuditRecord, AuditSink
 from mssante.operator.imap import responses
 from mssante.operator.imap.auth import LoginThrottle
 from mssante.operator.imap.limits import DEFAULT_LIMITS, Limits
+from mssante.operator.imap.notify import FolderNotifier
 from mssante.operator.imap.session import ImapSession
 from mssante.operator.passwords import hash_async
 from mssante.operator.store.db import Store
@@ -41,6 +42,7 @@ class ImapServer:
         self.store = store
         self.audit_sink = audit_sink
         self.limits: Limits = DEFAULT_LIMITS
+        self.notifier = FolderNotifier()  # IDLE wake-ups within this process (notify.py)
         config = settings.imap
         self.idle_timeout = float(idle_timeout or config.idle_timeout_seconds)
         # Client certificates are not asked for yet (AUTHENTICATE EXTERNAL comes later).

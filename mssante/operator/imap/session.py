@@ -7,7 +7,10 @@ response goes through `responses` (byte-exact writers). A command this slice doe
 The session keeps the UIDs of the selected folder as its snapshot: sequence number n is the
 n-th UID (rfc/3501 §2.3.1.2). The snapshot changes only at the moments the RFC allows
 (§7.4.1: no EXPUNGE during FETCH, STORE or SEARCH): at NOOP and CHECK (new messages: EXISTS;
-messages removed by another session: EXPUNGE) and at this session's own EXPUNGE or CLOSE.
+messages removed by another session: EXPUNGE), at this session's own EXPUNGE or CLOSE, after
+its APPEND/COPY/MOVE into the selected folder, and while it idles (rfc/2177: the IDLE watcher
+is woken by `notify.FolderNotifier` within the process and polls the folder every 0.5 s for
+Delivery and other processes).
 """
 
 from __future__ import annotations
@@ -23,32 +26,44 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final, Literal
 
 from mssante.logs import event
+from mssante.operator import mime
 from mssante.operator.imap import auth, queries, responses
 from mssante.operator.imap import fetch as fetch_items
 from mssante.operator.imap.commands import (
+    Append,
     Authenticate,
     Capability,
     Check,
     Close,
     Command,
+    Copy,
+    Create,
+    Delete,
     Enable,
     Expunge,
     Fetch,
     Id,
+    Idle,
     List,
     Login,
     Logout,
     Lsub,
+    Move,
     Namespace,
     Noop,
+    Rename,
     Search,
     Select,
     StartTLS,
     Status,
     Store,
     StoreAction,
+    Subscribe,
     Unselect,
+    Unsubscribe,
 )
+from mssante.operator.imap.limits import DEFAULT_LIMITS, Limit
+from mssante.operator.imap.notify import POLL_SECONDS
 from mssante.operator.imap.reader import (
     CommandReader,
     Event,
@@ -60,11 +75,16 @@ from mssante.operator.imap.reader import (
 )
 from mssante.operator.imap.sequence import SequenceSet
 from mssante.operator.passwords import verify_async
+from mssante.operator.store import blobmeta, blobs
 from mssante.operator.store import folders as store_folders
-from mssante.operator.store.errors import StoreError
-from mssante.operator.store.schema import Outcome
+from mssante.operator.store import messages as store_messages
+from mssante.operator.store.crypto import BlobCipher, SealedBlob, SealedRecord
+from mssante.operator.store.errors import AlreadyExists, StoreError
+from mssante.operator.store.schema import Outcome, SpecialUse, utcnow
 
 if TYPE_CHECKING:
+    from sqlalchemy.ext.asyncio import AsyncSession
+
     from mssante.operator.imap.server import ImapServer
 
 log = logging.getLogger("mssante.imap")
@@ -88,7 +108,9 @@ class Selected:
     read_only: bool
 
 
-def capabilities(*, tls: bool, authenticated: bool) -> list[str]:
+def capabilities(
+    *, tls: bool, authenticated: bool, append_limit: int = DEFAULT_LIMITS.max_literal
+) -> list[str]:
     caps = ["IMAP4rev1"]  # rfc/3501
     if not authenticated:
         if tls:
@@ -104,6 +126,12 @@ def capabilities(*, tls: bool, authenticated: bool) -> list[str]:
         "UNSELECT",  # rfc/3691
         "SPECIAL-USE",  # rfc/6154 (\Sent, \Drafts, \Trash, \Junk, \Archive in LIST)
         "CHILDREN",  # rfc/3348 (\HasChildren / \HasNoChildren in every LIST)
+        "CREATE-SPECIAL-USE",  # rfc/6154 §3 (CREATE … (USE (\Archive)))
+        "UIDPLUS",  # rfc/4315 (APPENDUID, COPYUID, UID EXPUNGE)
+        "MOVE",  # rfc/6851
+        "IDLE",  # rfc/2177 (in-process wake-ups, plus a poll for other writers: notify.py)
+        "MULTIAPPEND",  # rfc/3502 (all messages in one transaction)
+        f"APPENDLIMIT={append_limit}",  # rfc/7889 (the reader's max_literal)
     ]
     return caps
 
@@ -141,6 +169,25 @@ def _wildcard_match(pattern: str, name: str) -> bool:
     return len(pattern) in states
 
 
+def seal_message(cipher: BlobCipher, data: bytes) -> tuple[SealedBlob, SealedRecord]:
+    """The CPU part of storing an APPENDed message, run in a worker thread: the body sealed and
+    its MIME structure sealed as the `blob_meta` record, exactly as Delivery prepares them
+    (`delivery._assemble_and_seal`) but over the client's bytes unchanged (no trace fields)."""
+    try:
+        structure = mime.parse(data)
+    except Exception:  # the parser is fuzzed never to raise; if it does, still store
+        log.error("MIME parser failed, storing a minimal structure", exc_info=True)
+        structure = mime.fallback(data)
+    sealed = cipher.seal(data)
+    return sealed, blobmeta.seal_meta(cipher, sealed.digest, mime.to_json(structure))
+
+
+def _parents(name: str) -> list[str]:
+    """ "a/b/c" -> ["a", "a/b"]."""
+    parts = name.split(DELIMITER)
+    return [DELIMITER.join(parts[:i]) for i in range(1, len(parts))]
+
+
 class ImapSession:
     def __init__(
         self,
@@ -163,6 +210,9 @@ class ImapSession:
         self.selected: Selected | None = None
         self.uids: list[int] = []
         self._queue: deque[Event] = deque()
+        self._idle_task: asyncio.Task[None] | None = None
+        self._idle_wake = asyncio.Event()
+        self._idle_stopping = False
 
     # --- I/O ---------------------------------------------------------------------------------
 
@@ -171,7 +221,9 @@ class ImapSession:
         await self.writer.drain()
 
     async def run(self) -> None:
-        caps = capabilities(tls=self.tls, authenticated=False)
+        caps = capabilities(
+            tls=self.tls, authenticated=False, append_limit=self.server.limits.max_literal
+        )
         code = responses.capability_code(caps)
         await self._send(responses.untagged("OK", "MSSante IMAP server ready", code))
         try:
@@ -194,22 +246,32 @@ class ImapSession:
             return
         except (ConnectionError, ssl.SSLError):
             return
+        finally:
+            if self._idle_task is not None:
+                self._idle_task.cancel()
 
     # --- events -------------------------------------------------------------------------------
 
     async def _event(self, ev: Event) -> None:
         if isinstance(ev, ParseError):
+            await self._stop_idle()  # a line other than DONE ends IDLE too (reader.py)
             await self._bad(ev.tag, ev.message)
             if ev.close:
                 await self._fatal()
         elif isinstance(ev, TooBig):
-            await self._bad(ev.tag, f"too big: {ev.limit.value}", responses.TOOBIG)
+            if ev.tag is not None and ev.limit in (Limit.LITERAL, Limit.LITERAL_TOTAL):
+                # rfc/7889 §4: a message over the APPENDLIMIT gets NO [TOOBIG].
+                await self._send(
+                    responses.tagged(ev.tag, "NO", f"too big: {ev.limit.value}", responses.TOOBIG)
+                )
+            else:
+                await self._bad(ev.tag, f"too big: {ev.limit.value}", responses.TOOBIG)
             if ev.close:
                 await self._fatal()
         elif isinstance(ev, NeedContinuation):
-            # Only APPEND carries large literals, and it is not offered yet; small literals
-            # (astrings in LOGIN, LIST…) are read.
-            if ev.size > self.server.limits.max_nonsync_literal:
+            # Before login only small literals (astrings in LOGIN…) are read; after it, up to
+            # the APPENDLIMIT (the reader already refused larger ones with TooBig).
+            if self.account is None and ev.size > self.server.limits.max_nonsync_literal:
                 self.commands.refuse_literal()
                 await self._send(
                     responses.tagged(ev.tag, "NO", "literal too large", responses.TOOBIG)
@@ -219,7 +281,11 @@ class ImapSession:
         elif isinstance(ev, SaslResponse):
             await self._sasl_response(ev)
         elif isinstance(ev, IdleDone):
-            await self._bad(ev.tag, "unexpected DONE")
+            if self._idle_task is None:
+                await self._bad(ev.tag, "unexpected DONE")
+            else:
+                await self._stop_idle()
+                await self._send(responses.tagged(ev.tag, "OK", "IDLE terminated"))
         else:
             try:
                 await self._command(ev)
@@ -245,7 +311,11 @@ class ImapSession:
     async def _command(self, cmd: Command) -> None:
         tag = cmd.tag
         if isinstance(cmd, Capability):
-            caps = capabilities(tls=self.tls, authenticated=self.account is not None)
+            caps = capabilities(
+                tls=self.tls,
+                authenticated=self.account is not None,
+                append_limit=self.server.limits.max_literal,
+            )
             await self._send(
                 responses.capability(caps), responses.tagged(tag, "OK", "CAPABILITY completed")
             )
@@ -286,6 +356,18 @@ class ImapSession:
             await self._status(cmd)
         elif isinstance(cmd, Select):
             await self._select(cmd)
+        elif isinstance(cmd, Create):
+            await self._create(cmd)
+        elif isinstance(cmd, Delete):
+            await self._delete(cmd)
+        elif isinstance(cmd, Rename):
+            await self._rename(cmd)
+        elif isinstance(cmd, Subscribe | Unsubscribe):
+            await self._subscribe(cmd)
+        elif isinstance(cmd, Append):
+            await self._append(cmd)
+        elif isinstance(cmd, Idle):
+            await self._idle(cmd)
         elif self.selected is None:
             await self._bad(tag, "select a mailbox first")
             self._resume_if_paused()
@@ -297,6 +379,8 @@ class ImapSession:
             await self._search(cmd)
         elif isinstance(cmd, Expunge):
             await self._expunge(cmd)
+        elif isinstance(cmd, Copy | Move):
+            await self._copy(cmd)
         elif isinstance(cmd, Close):
             # rfc/3501 §6.4.2: expunge silently, unless read-only.
             selected = self.selected
@@ -436,7 +520,9 @@ class ImapSession:
             self, "imap.login", Outcome.OK, {"user": account.address, "mechanism": mechanism}
         )
         # rfc/9051 §6.2.3: the capabilities may change at login; say so in the OK.
-        caps = capabilities(tls=self.tls, authenticated=True)
+        caps = capabilities(
+            tls=self.tls, authenticated=True, append_limit=self.server.limits.max_literal
+        )
         await self._send(responses.tagged(tag, "OK", "Logged in", responses.capability_code(caps)))
 
     # --- folders ------------------------------------------------------------------------------
@@ -456,9 +542,7 @@ class ImapSession:
         subscribed_only: bool,
     ) -> None:
         if cmd is not None and (
-            cmd.selection - {"SPECIAL-USE"}
-            or cmd.return_status is not None
-            or cmd.return_subscribed
+            cmd.selection - {"SPECIAL-USE", "SUBSCRIBED"} or cmd.return_status is not None
         ):
             await self._no_cannot(tag, "LIST-EXTENDED options are not implemented yet")
             return
@@ -472,6 +556,10 @@ class ImapSession:
         names = {f.name for f in entries}
         lines: list[bytes] = []
         special_only = cmd is not None and "SPECIAL-USE" in cmd.selection
+        # rfc/5258 §3.1: the SUBSCRIBED selection implies the SUBSCRIBED return option.
+        if cmd is not None and "SUBSCRIBED" in cmd.selection:
+            subscribed_only = True
+        show_subscribed = cmd is not None and (subscribed_only or cmd.return_subscribed)
         for folder in entries:
             if subscribed_only and not folder.subscribed:
                 continue
@@ -483,6 +571,8 @@ class ImapSession:
             attrs = ["\\HasChildren" if children else "\\HasNoChildren"]
             if folder.special_use is not None:
                 attrs.append(folder.special_use.value)
+            if show_subscribed and folder.subscribed:
+                attrs.append("\\Subscribed")
             lines.append(responses.list_item(attrs, DELIMITER, folder.name, command=verb))
         if not special_only and any(
             _wildcard_match(reference + p, SHARED_PREFIX) for p in patterns if p
@@ -511,6 +601,7 @@ class ImapSession:
             "UNSEEN",
             "DELETED",
             "SIZE",
+            "APPENDLIMIT",
         }
         if unknown:
             await self._no_cannot(cmd.tag, f"STATUS {sorted(unknown)[0]} is not implemented yet")
@@ -531,6 +622,7 @@ class ImapSession:
             "UNSEEN": counts.unseen,
             "DELETED": counts.deleted,
             "SIZE": counts.size,
+            "APPENDLIMIT": self.server.limits.max_literal,  # rfc/7889 §3: same for every folder
         }
         items = [(item, values[item]) for item in cmd.items]
         await self._send(
@@ -745,10 +837,13 @@ class ImapSession:
                 responses.tagged(cmd.tag, "NO", "mailbox is read-only", responses.READ_ONLY)
             )
             return
-        if cmd.uids is not None:
-            await self._no_cannot(cmd.tag, "UID EXPUNGE (UIDPLUS) is not implemented yet")
-            return
-        await self._remove_deleted(selected, None, announce=True)
+        only: list[int] | None = None
+        if cmd.uids is not None:  # rfc/4315 §2.1: only these UIDs, if \Deleted
+            only = self._target_uids(cmd.uids, True)
+            if only is None:
+                await self._no_cannot(cmd.tag, "$ is not implemented yet")
+                return
+        await self._remove_deleted(selected, only, announce=True)
         await self._send(responses.tagged(cmd.tag, "OK", "EXPUNGE completed"))
 
     async def _remove_deleted(
@@ -763,6 +858,8 @@ class ImapSession:
                 only if only is not None else self.uids,
             )
             await session.commit()
+        if gone:
+            self.server.notifier.publish(selected.folder_id)
         removed = set(gone)
         out: list[bytes] = []
         for index in range(len(self.uids) - 1, -1, -1):  # descending: rfc/3501 §7.4.1
@@ -771,6 +868,335 @@ class ImapSession:
                 del self.uids[index]
         if announce and out:
             await self._send(*out)
+
+    # --- CREATE, DELETE, RENAME, SUBSCRIBE (rfc/3501 §6.3.3 to §6.3.7) -----------------------
+
+    def _own_name(self, raw: str) -> str | None:
+        """The stored spelling of a personal folder name a client gives; None if it cannot be
+        one (invalid, or in the shared namespace)."""
+        try:
+            name = store_folders.normalize_folder_name(raw)
+        except ValueError:
+            return None
+        if name == SHARED_PREFIX or name.startswith(SHARED_PREFIX + DELIMITER):
+            return None
+        return name
+
+    async def _create(self, cmd: Create) -> None:
+        assert self.account is not None
+        # rfc/3501 §6.3.3: a trailing delimiter says children will be created under it.
+        name = self._own_name(cmd.mailbox.removesuffix(DELIMITER))
+        if name is None:
+            await self._no_cannot(cmd.tag, "invalid mailbox name")
+            return
+        special: SpecialUse | None = None
+        if cmd.special_use:
+            by_lower = {s.value.lower(): s for s in SpecialUse}
+            if len(cmd.special_use) > 1 or cmd.special_use[0].lower() not in by_lower:
+                await self._send(
+                    responses.tagged(
+                        cmd.tag, "NO", "unsupported special-use attribute", responses.USEATTR
+                    )
+                )
+                return
+            special = by_lower[cmd.special_use[0].lower()]
+        async with self.server.store.session() as session:
+            names = {
+                f.name for f in await store_folders.list_folders(session, self.account.mailbox_id)
+            }
+            if name in names:
+                await self._send(
+                    responses.tagged(cmd.tag, "NO", "mailbox exists", responses.ALREADYEXISTS)
+                )
+                return
+            try:
+                for parent in _parents(name):  # rfc/3501 §6.3.3: create the levels above
+                    if parent not in names:
+                        await store_folders.create_folder(session, self.account.mailbox_id, parent)
+                await store_folders.create_folder(
+                    session, self.account.mailbox_id, name, special_use=special
+                )
+            except AlreadyExists:
+                await self._send(
+                    responses.tagged(cmd.tag, "NO", "mailbox exists", responses.ALREADYEXISTS)
+                )
+                return
+            await session.commit()
+        await self._send(responses.tagged(cmd.tag, "OK", "CREATE completed"))
+
+    async def _delete(self, cmd: Delete) -> None:
+        assert self.account is not None
+        folder = await self._find_folder(cmd.mailbox)
+        if folder is None:
+            await self._nonexistent(cmd.tag)
+            return
+        if folder.name == store_folders.INBOX:
+            await self._no_cannot(cmd.tag, "INBOX cannot be deleted")
+            return
+        if any(f.name.startswith(folder.name + DELIMITER) for f in await self._folders()):
+            # rfc/9051 §6.3.4: we keep no \Noselect folders, so one with children stays.
+            await self._send(
+                responses.tagged(cmd.tag, "NO", "mailbox has children", responses.HASCHILDREN)
+            )
+            return
+        async with self.server.store.session() as session:
+            await queries.delete_folder(session, folder.id, self.account.mailbox_id)
+            await session.commit()
+        self.server.notifier.publish(folder.id)
+        await self._send(responses.tagged(cmd.tag, "OK", "DELETE completed"))
+
+    async def _rename(self, cmd: Rename) -> None:
+        assert self.account is not None
+        source = await self._find_folder(cmd.source)
+        if source is None:
+            await self._nonexistent(cmd.tag)
+            return
+        destination = self._own_name(cmd.destination.removesuffix(DELIMITER))
+        if destination is None or destination.startswith(source.name + DELIMITER):
+            await self._no_cannot(cmd.tag, "invalid new name")
+            return
+        if source.name == store_folders.INBOX:
+            await self._no_cannot(cmd.tag, "renaming INBOX is not implemented")
+            return
+        async with self.server.store.session() as session:
+            entries = await store_folders.list_folders(session, self.account.mailbox_id)
+            moved = [
+                (f.id, destination + f.name[len(source.name) :])
+                for f in entries
+                if f.name == source.name or f.name.startswith(source.name + DELIMITER)
+            ]
+            staying = {f.name for f in entries} - {
+                f.name for f in entries if f.id in {m[0] for m in moved}
+            }
+            if destination == store_folders.INBOX or any(n in staying for _, n in moved):
+                await self._send(
+                    responses.tagged(cmd.tag, "NO", "mailbox exists", responses.ALREADYEXISTS)
+                )
+                return
+            await queries.rename_folders(session, moved)
+            for parent in _parents(destination):
+                if parent not in staying:
+                    await store_folders.create_folder(session, self.account.mailbox_id, parent)
+            await session.commit()
+        await self._send(responses.tagged(cmd.tag, "OK", "RENAME completed"))
+
+    async def _subscribe(self, cmd: Subscribe | Unsubscribe) -> None:
+        folder = await self._find_folder(cmd.mailbox)
+        verb = type(cmd).__name__.upper()
+        if folder is None:
+            await self._nonexistent(cmd.tag)
+            return
+        async with self.server.store.session() as session:
+            await queries.set_subscribed(session, folder.id, isinstance(cmd, Subscribe))
+            await session.commit()
+        await self._send(responses.tagged(cmd.tag, "OK", f"{verb} completed"))
+
+    async def _nonexistent(self, tag: str) -> None:
+        await self._send(responses.tagged(tag, "NO", "no such mailbox", responses.NONEXISTENT))
+
+    # --- APPEND, COPY, MOVE -------------------------------------------------------------------
+
+    def _quota_limit(self, usage: queries.Usage) -> int:
+        """The mailbox's quota in octets (0: none), as Delivery reckons it."""
+        if usage.quota_bytes is not None:
+            return usage.quota_bytes
+        return self.server.settings.storage.default_quota_bytes
+
+    async def _over_quota(self, session: AsyncSession, added: int) -> bool:
+        assert self.account is not None
+        usage = await queries.mailbox_usage(session, self.account.mailbox_id)
+        limit = self._quota_limit(usage)
+        return limit > 0 and usage.used_bytes + added > limit
+
+    async def _overquota(self, tag: str) -> None:
+        # rfc/5530 §3: OVERQUOTA.
+        await self._send(responses.tagged(tag, "NO", "over quota", responses.OVERQUOTA))
+
+    async def _append(self, cmd: Append) -> None:
+        """rfc/3501 §6.3.11, rfc/3502 (several messages, all or none), rfc/4315 APPENDUID."""
+        folder = await self._find_folder(cmd.mailbox)
+        if folder is None:
+            # rfc/3501 §6.3.11: TRYCREATE when creating the mailbox would help.
+            await self._send(
+                responses.tagged(cmd.tag, "NO", "no such mailbox", responses.TRYCREATE)
+            )
+            return
+        if any(m.binary for m in cmd.messages):
+            await self._no_cannot(cmd.tag, "APPEND of a literal8 (BINARY) is not implemented")
+            return
+        if any(not m.data for m in cmd.messages):
+            await self._bad(cmd.tag, "empty message")
+            return
+        flag_lists = [tuple(f for f in m.flags if f.lower() != "\\recent") for m in cmd.messages]
+        try:
+            for flags in flag_lists:
+                store_messages.parse_flags(flags)
+        except ValueError as exc:
+            await self._bad(
+                cmd.tag, f"invalid flag: {exc}"[:200].replace("\r", " ").replace("\n", " ")
+            )
+            return
+        store = self.server.store
+        cipher = store.cipher
+        datas = [m.data for m in cmd.messages]
+        sealed = await asyncio.to_thread(lambda: [seal_message(cipher, d) for d in datas])
+        now = utcnow()
+        async with store.session() as session:
+            if await self._over_quota(session, sum(len(d) for d in datas)):
+                await self._overquota(cmd.tag)
+                return
+            stored_blobs = await blobs.put_sealed_blobs(
+                session, [(blob, len(d)) for (blob, _), d in zip(sealed, datas, strict=True)]
+            )
+            ids = stored_blobs.ids
+            new_metas: dict[int, SealedRecord] = {}
+            old_metas: dict[int, SealedRecord] = {}
+            for blob, meta in sealed:
+                metas = new_metas if blob.digest in stored_blobs.created else old_metas
+                metas.setdefault(ids[blob.digest], meta)
+            await blobmeta.add_new_blob_meta(session, list(new_metas.items()))
+            await blobmeta.put_blob_meta(session, list(old_metas.items()))
+            stored = await store_messages.append_messages(
+                session,
+                [
+                    store_messages.NewMessage(
+                        folder_id=folder.id,
+                        blob_id=ids[blob.digest],
+                        size=len(d),
+                        internal_date=m.internal_date or now,
+                        flags=flags,
+                    )
+                    for (blob, _), d, m, flags in zip(
+                        sealed, datas, cmd.messages, flag_lists, strict=True
+                    )
+                ],
+            )
+            await session.commit()
+        self.server.notifier.publish(folder.id)
+        if self.selected is not None and self.selected.folder_id == folder.id:
+            await self._refresh()
+        code = responses.appenduid(folder.uidvalidity, [m.uid for m in stored])
+        await self._send(responses.tagged(cmd.tag, "OK", "APPEND completed", code))
+
+    async def _copy(self, cmd: Copy | Move) -> None:
+        """COPY (rfc/3501 §6.4.7) and MOVE (rfc/6851), with COPYUID (rfc/4315 §3). The body
+        blob and its structure are shared; new UIDs are allocated in the target."""
+        selected = self.selected
+        assert selected is not None and self.account is not None
+        move = isinstance(cmd, Move)
+        verb = "MOVE" if move else "COPY"
+        if move and selected.read_only:
+            await self._send(
+                responses.tagged(cmd.tag, "NO", "mailbox is read-only", responses.READ_ONLY)
+            )
+            return
+        uids = self._target_uids(cmd.sequence, cmd.uid)
+        if uids is None:
+            await self._no_cannot(cmd.tag, "$ is not implemented yet")
+            return
+        target = await self._find_folder(cmd.mailbox)
+        if target is None:
+            await self._send(
+                responses.tagged(cmd.tag, "NO", "no such mailbox", responses.TRYCREATE)
+            )
+            return
+        async with self.server.store.session() as session:
+            sources = await queries.copy_sources(session, selected.folder_id, uids)
+            added = sum(s.size for s in sources)
+            if sources and not move and await self._over_quota(session, added):
+                await self._overquota(cmd.tag)
+                return
+            stored = await store_messages.append_messages(
+                session,
+                [
+                    store_messages.NewMessage(
+                        folder_id=target.id,
+                        blob_id=s.blob_id,
+                        size=s.size,
+                        internal_date=s.internal_date,
+                        flags=s.flags,
+                    )
+                    for s in sources
+                ],
+            )
+            gone: list[int] = []
+            if move:
+                gone = await queries.remove_messages(
+                    session, selected.folder_id, self.account.mailbox_id, [s.uid for s in sources]
+                )
+            await session.commit()
+        if not sources:
+            await self._send(responses.tagged(cmd.tag, "OK", f"{verb} completed"))
+            return
+        self.server.notifier.publish(target.id)
+        code = responses.copyuid(
+            target.uidvalidity, [s.uid for s in sources], [m.uid for m in stored]
+        )
+        out: list[bytes] = []
+        if move:
+            self.server.notifier.publish(selected.folder_id)
+            # rfc/6851 §4.3: COPYUID in an untagged OK before the EXPUNGEs.
+            out.append(responses.untagged("OK", "moved", code))
+            removed = set(gone)
+            for index in range(len(self.uids) - 1, -1, -1):
+                if self.uids[index] in removed:
+                    out.append(responses.expunge(index + 1))
+                    del self.uids[index]
+        if out:
+            await self._send(*out)
+        if target.id == selected.folder_id:
+            await self._refresh()
+        if move:
+            await self._send(responses.tagged(cmd.tag, "OK", "MOVE completed"))
+        else:
+            await self._send(responses.tagged(cmd.tag, "OK", "COPY completed", code))
+
+    # --- IDLE (rfc/2177, rfc/9051 §6.3.13) -------------------------------------------------------
+
+    async def _idle(self, cmd: Idle) -> None:
+        await self._send(responses.continuation("idling"))
+        self._idle_stopping = False
+        self._idle_wake.clear()
+        self._idle_task = asyncio.create_task(self._idle_watch())
+        self._queue.extend(self.commands.expect_idle_done(cmd.tag))
+
+    async def _stop_idle(self) -> None:
+        task = self._idle_task
+        if task is None:
+            return
+        self._idle_stopping = True
+        self._idle_wake.set()
+        with contextlib.suppress(Exception):
+            await task
+        self._idle_task = None
+
+    async def _idle_watch(self) -> None:
+        """Report new and removed messages of the selected folder while idling: woken by the
+        in-process notifier, and polling the folder's (UIDNEXT, HIGHESTMODSEQ) every
+        POLL_SECONDS for changes made by Delivery or another process."""
+        selected = self.selected
+        if selected is None:
+            return  # rfc/2177: IDLE in the authenticated state has nothing to report
+        notifier = self.server.notifier
+        wake = self._idle_wake
+        notifier.subscribe(selected.folder_id, wake)
+        try:
+            marker: tuple[int, int] | None = None
+            first = True
+            while not self._idle_stopping:
+                async with self.server.store.read_session() as session:
+                    current = await queries.folder_marker(session, selected.folder_id)
+                if (first or current != marker) and not self._idle_stopping:
+                    await self._refresh()
+                first = False
+                marker = current
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(wake.wait(), POLL_SECONDS)
+                wake.clear()
+        except Exception:  # a closed connection or an unavailable store: IDLE just stops
+            log.debug("IDLE watcher ended", exc_info=True)
+        finally:
+            notifier.unsubscribe(selected.folder_id, wake)
 
     def abort(self) -> None:
         self.writer.transport.abort()
