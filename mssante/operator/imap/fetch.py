@@ -28,6 +28,7 @@ SUPPORTED_ATTRS = frozenset(
         "RFC822",
         "RFC822.HEADER",
         "RFC822.TEXT",
+        "MODSEQ",  # rfc/7162 §3.1.4.1
     }
 )
 _STRUCTURE_ATTRS = frozenset({"ENVELOPE", "BODYSTRUCTURE", "BODY"})
@@ -47,6 +48,7 @@ class MessageState:
     size: int
     internal_date: dt.datetime
     flags: tuple[str, ...]
+    modseq: int = 0
 
 
 def supported(items: Sequence[FetchItem]) -> bool:
@@ -134,9 +136,12 @@ def render(
     structure: mime.Message | None,
     with_uid: bool,
     with_flags: bool,
+    with_modseq: bool = False,
 ) -> list[tuple[str, bytes]]:
     """The FETCH response items. `with_uid`: UID FETCH always returns the UID (rfc/3501
-    §6.4.8); `with_flags`: the FETCH set \\Seen, so the new flags go out unasked (§6.4.5)."""
+    §6.4.8); `with_flags`: the FETCH set \\Seen, so the new flags go out unasked (§6.4.5);
+    `with_modseq`: CONDSTORE is on and flags go out, or CHANGEDSINCE was given, so MODSEQ is
+    sent too (rfc/7162 §3.1.4.1, §3.2)."""
     out: list[tuple[str, bytes]] = []
     names: set[str] = set()
 
@@ -161,6 +166,8 @@ def render(
             add("UID", responses.number(state.uid))
         elif name == "FLAGS":
             add("FLAGS", responses.flag_list(state.flags))
+        elif name == "MODSEQ":
+            add("MODSEQ", modseq_value(state.modseq))
         elif name == "INTERNALDATE":
             add("INTERNALDATE", responses.date_time(state.internal_date))
         elif name == "RFC822.SIZE":
@@ -186,4 +193,11 @@ def render(
             add("RFC822.TEXT", _literal(raw[body.body_start : body.body_end]))
     if with_flags:
         add("FLAGS", responses.flag_list(state.flags))
+    if with_modseq:
+        add("MODSEQ", modseq_value(state.modseq))
     return out
+
+
+def modseq_value(modseq: int) -> bytes:
+    """`(n)`, the value of the MODSEQ fetch item (rfc/7162 §3.1.4.1 `fetch-mod-resp`)."""
+    return b"(" + responses.number(modseq) + b")"

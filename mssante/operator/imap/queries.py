@@ -23,6 +23,7 @@ from mssante.operator.imap.commands import (
     AndKey,
     DateKey,
     FlagKey,
+    ModSeqKey,
     NotKey,
     OrKey,
     SearchKey,
@@ -149,9 +150,11 @@ async def fetch_messages(
     *,
     body: bool,
     structure: bool,
+    changed_since: int | None = None,
 ) -> list[FetchedMessage]:
     """The messages with these UIDs, ascending, in one SELECT (blob and structure joined in
-    only when asked for; both decrypted here)."""
+    only when asked for; both decrypted here). `changed_since`: only those whose MODSEQ is
+    greater (rfc/7162 §3.1.4.1 CHANGEDSINCE)."""
     if not uids:
         return []
     wanted = set(uids)
@@ -166,6 +169,7 @@ async def fetch_messages(
         MessageRow.deleted,
         MessageRow.draft,
         MessageRow.keywords,
+        MessageRow.modseq,
     ]
     need_blob = body or structure
     if need_blob:
@@ -174,6 +178,8 @@ async def fetch_messages(
     if structure:
         columns += [BlobMetaRow.key_id, BlobMetaRow.nonce, BlobMetaRow.ciphertext]
     query = select(*columns).where(MessageRow.folder_id == folder_id, uid_predicate(runs))  # type: ignore[call-overload]
+    if changed_since is not None:
+        query = query.where(MessageRow.modseq > changed_since)
     if need_blob:
         query = query.join(BlobRow, BlobRow.id == MessageRow.blob_id)
     if structure:
@@ -185,11 +191,15 @@ async def fetch_messages(
         if uid not in wanted:
             continue
         state = fetch_items.MessageState(
-            uid=uid, size=int(row[1]), internal_date=row[2], flags=flags_of(row[3:9])
+            uid=uid,
+            size=int(row[1]),
+            internal_date=row[2],
+            flags=flags_of(row[3:9]),
+            modseq=int(row[9]),
         )
         raw: bytes | None = None
         parsed: mime.Message | None = None
-        i = 9
+        i = 10
         if need_blob:
             blob_id, key_id, nonce, digest = row[i : i + 4]
             i += 4
@@ -289,6 +299,11 @@ def search_predicate(key: SearchKey, ctx: SearchContext) -> ColumnElement[bool]:
         runs = _set_runs(key.sequence, len(ctx.uids))
         uids = [ctx.uids[n - 1] for lo, hi in runs for n in range(lo, min(hi, len(ctx.uids)) + 1)]
         return _runs_predicate(compress(uids))
+    if isinstance(key, ModSeqKey):
+        # rfc/7162 §3.1.5: a MODSEQ greater than or equal to the value. Per-flag entries
+        # are not kept apart: every entry name is matched against the message's MODSEQ
+        # (allowed by §3.1.5, a server without per-flag mod-sequences).
+        return MessageRow.modseq >= key.modseq
     if isinstance(key, NotKey):
         return ~search_predicate(key.key, ctx)
     if isinstance(key, OrKey):
@@ -308,15 +323,22 @@ async def search_uids(
     session: AsyncSession, folder_id: int, criteria: Sequence[SearchKey], ctx: SearchContext
 ) -> list[int]:
     """UIDs of the snapshot's messages matching every key, ascending, in one SELECT."""
+    return [uid for uid, _ in await search_modseqs(session, folder_id, criteria, ctx)]
+
+
+async def search_modseqs(
+    session: AsyncSession, folder_id: int, criteria: Sequence[SearchKey], ctx: SearchContext
+) -> list[tuple[int, int]]:
+    """(UID, MODSEQ) of the snapshot's messages matching every key, ascending by UID."""
     if not ctx.uids:
         return []
     predicate = and_(*(search_predicate(k, ctx) for k in criteria))
     result = await session.execute(
-        select(MessageRow.uid)
+        select(MessageRow.uid, MessageRow.modseq)
         .where(MessageRow.folder_id == folder_id, MessageRow.uid <= ctx.uids[-1], predicate)
         .order_by(MessageRow.uid)
     )
-    return list(result.scalars())
+    return [(int(r[0]), int(r[1])) for r in result.all()]
 
 
 # --- STORE (rfc/3501 §6.4.6) and EXPUNGE (§6.4.3) --------------------------------------------
@@ -346,23 +368,38 @@ def _new_flags(current: tuple[str, ...], action: StoreAction, flags: Sequence[st
     return [*current, *(f for f in flags if f.lower() not in have)]
 
 
+@dataclass(frozen=True, slots=True)
+class StoredFlags:
+    """What a STORE did: `flags` and `modseqs` of every message still there and not refused,
+    `modified` the UIDs refused by UNCHANGEDSINCE (rfc/7162 §3.1.3), ascending, `changed`
+    those whose flags (and MODSEQ) did change."""
+
+    flags: dict[int, tuple[str, ...]]
+    modseqs: dict[int, int]
+    modified: list[int]
+    changed: frozenset[int] = frozenset()
+
+
 async def store_flags(
     session: AsyncSession,
     folder_id: int,
     uids: Sequence[int],
     action: StoreAction,
     flags: Sequence[str],
-) -> dict[int, tuple[str, ...]]:
-    """Change the flags of these messages; {uid: flags} of every message still there.
+    *,
+    unchanged_since: int | None = None,
+) -> StoredFlags:
+    """Change the flags of these messages.
 
     Changed messages get one new MODSEQ, taken from the folder's counter (rfc/7162 §3.1.1:
-    greater than any before in the folder). ValueError for a flag that cannot be stored. The
-    caller commits.
+    greater than any before in the folder). With `unchanged_since`, a message whose MODSEQ
+    is greater is left alone and listed in `modified` (rfc/7162 §3.1.3). ValueError for a
+    flag that cannot be stored. The caller commits.
     """
     parse_flags(flags)  # refuse an invalid flag before anything changes
     wanted = set(uids)
     if not wanted:
-        return {}
+        return StoredFlags({}, {}, [])
     rows = (
         await session.execute(
             select(
@@ -374,14 +411,21 @@ async def store_flags(
                 MessageRow.deleted,
                 MessageRow.draft,
                 MessageRow.keywords,
+                MessageRow.modseq,
             ).where(MessageRow.folder_id == folder_id, uid_predicate(compress(wanted)))
         )
     ).all()
     result: dict[int, tuple[str, ...]] = {}
+    modseqs: dict[int, int] = {}
+    modified: list[int] = []
     changes: list[dict[str, object]] = []
+    changed_uids: list[int] = []
     for row in rows:
         uid = int(row[1])
         if uid not in wanted:
+            continue
+        if unchanged_since is not None and int(row[8]) > unchanged_since:
+            modified.append(uid)
             continue
         current = flags_of(row[2:8])
         parsed = parse_flags(_new_flags(current, action, flags))
@@ -390,7 +434,9 @@ async def store_flags(
              " ".join(parsed.keywords))
         )  # fmt: skip
         result[uid] = new
+        modseqs[uid] = int(row[8])
         if new != current:
+            changed_uids.append(uid)
             changes.append(
                 {
                     "b_id": row[0],
@@ -406,8 +452,10 @@ async def store_flags(
         modseq = await _bump_modseq(session, folder_id)
         for change in changes:
             change["b_modseq"] = modseq
+        for uid in changed_uids:
+            modseqs[uid] = modseq
         await session.execute(_UPDATE_FLAGS, changes)
-    return result
+    return StoredFlags(result, modseqs, sorted(modified), frozenset(changed_uids))
 
 
 async def _bump_modseq(session: AsyncSession, folder_id: int) -> int:

@@ -30,6 +30,7 @@ from mssante.operator import mime
 from mssante.operator.imap import auth, queries, responses
 from mssante.operator.imap import fetch as fetch_items
 from mssante.operator.imap.commands import (
+    AndKey,
     Append,
     Authenticate,
     Capability,
@@ -42,17 +43,22 @@ from mssante.operator.imap.commands import (
     Enable,
     Expunge,
     Fetch,
+    FetchAttr,
     Id,
     Idle,
     List,
     Login,
     Logout,
     Lsub,
+    ModSeqKey,
     Move,
     Namespace,
     Noop,
+    NotKey,
+    OrKey,
     Rename,
     Search,
+    SearchKey,
     Select,
     StartTLS,
     Status,
@@ -121,7 +127,7 @@ def capabilities(
     caps += [
         "LITERAL-",  # rfc/7888 (the reader's max_nonsync_literal bound)
         "ID",  # rfc/2971
-        "ENABLE",  # rfc/5161 (nothing can be enabled yet: "* ENABLED" lists none)
+        "ENABLE",  # rfc/5161 (CONDSTORE is the only extension it enables)
         "NAMESPACE",  # rfc/2342
         "UNSELECT",  # rfc/3691
         "SPECIAL-USE",  # rfc/6154 (\Sent, \Drafts, \Trash, \Junk, \Archive in LIST)
@@ -131,6 +137,7 @@ def capabilities(
         "MOVE",  # rfc/6851
         "IDLE",  # rfc/2177 (in-process wake-ups, plus a poll for other writers: notify.py)
         "MULTIAPPEND",  # rfc/3502 (all messages in one transaction)
+        "CONDSTORE",  # rfc/7162 §3.1 (MODSEQ, CHANGEDSINCE, UNCHANGEDSINCE; no QRESYNC)
         f"APPENDLIMIT={append_limit}",  # rfc/7889 (the reader's max_literal)
     ]
     return caps
@@ -182,6 +189,19 @@ def seal_message(cipher: BlobCipher, data: bytes) -> tuple[SealedBlob, SealedRec
     return sealed, blobmeta.seal_meta(cipher, sealed.digest, mime.to_json(structure))
 
 
+def _has_modseq(key: SearchKey) -> bool:
+    """Whether a search key uses MODSEQ anywhere (rfc/7162 §3.1.5)."""
+    if isinstance(key, ModSeqKey):
+        return True
+    if isinstance(key, NotKey):
+        return _has_modseq(key.key)
+    if isinstance(key, OrKey):
+        return _has_modseq(key.left) or _has_modseq(key.right)
+    if isinstance(key, AndKey):
+        return any(_has_modseq(k) for k in key.keys)
+    return False
+
+
 def _parents(name: str) -> list[str]:
     """ "a/b/c" -> ["a", "a/b"]."""
     parts = name.split(DELIMITER)
@@ -209,6 +229,7 @@ class ImapSession:
         self.account: queries.Account | None = None
         self.selected: Selected | None = None
         self.uids: list[int] = []
+        self.condstore = False  # rfc/7162 §3.1: enabled by ENABLE or a CONDSTORE command
         self._queue: deque[Event] = deque()
         self._idle_task: asyncio.Task[None] | None = None
         self._idle_wake = asyncio.Event()
@@ -341,9 +362,14 @@ class ImapSession:
             await self._bad(tag, "log in first")
             self._resume_if_paused()
         elif isinstance(cmd, Enable):
-            # rfc/5161 §3.1: only what the server supports is enabled. Neither IMAP4rev2 nor
-            # CONDSTORE is offered yet, so nothing is, honestly.
-            await self._send(responses.enabled(()), responses.tagged(tag, "OK", "ENABLE completed"))
+            # rfc/5161 §3.1: only what the server supports is enabled, and ENABLED lists what
+            # this command newly enabled: CONDSTORE (rfc/7162 §3.1) is the only one offered.
+            newly = "CONDSTORE" in cmd.capabilities and not self.condstore
+            self.condstore = True if newly else self.condstore
+            await self._send(
+                responses.enabled(("CONDSTORE",) if newly else ()),
+                responses.tagged(tag, "OK", "ENABLE completed"),
+            )
         elif isinstance(cmd, Namespace):
             # rfc/2342 §5: personal "" with "/", no other users', shared "Shared/".
             line = b'* NAMESPACE (("" "/")) NIL (("' + SHARED_PREFIX.encode() + b'/" "/"))\r\n'
@@ -602,6 +628,7 @@ class ImapSession:
             "DELETED",
             "SIZE",
             "APPENDLIMIT",
+            "HIGHESTMODSEQ",  # rfc/7162 §3.1.6
         }
         if unknown:
             await self._no_cannot(cmd.tag, f"STATUS {sorted(unknown)[0]} is not implemented yet")
@@ -623,7 +650,10 @@ class ImapSession:
             "DELETED": counts.deleted,
             "SIZE": counts.size,
             "APPENDLIMIT": self.server.limits.max_literal,  # rfc/7889 §3: same for every folder
+            "HIGHESTMODSEQ": folder.highest_modseq,
         }
+        if "HIGHESTMODSEQ" in cmd.items:
+            self.condstore = True  # rfc/7162 §3.1: a CONDSTORE-enabling command
         items = [(item, values[item]) for item in cmd.items]
         await self._send(
             responses.status(folder.name, items),
@@ -636,8 +666,8 @@ class ImapSession:
 
     async def _select(self, cmd: Select) -> None:
         self._deselect()  # rfc/3501 §6.3.1: a failed SELECT leaves no mailbox selected
-        if cmd.condstore or cmd.qresync is not None:
-            await self._no_cannot(cmd.tag, "CONDSTORE/QRESYNC are not implemented yet")
+        if cmd.qresync is not None:
+            await self._no_cannot(cmd.tag, "QRESYNC is not implemented yet")
             return
         folder = await self._find_folder(cmd.mailbox)
         if folder is None:
@@ -671,6 +701,13 @@ class ImapSession:
                 responses.permanentflags(() if cmd.read_only else PERMANENT_FLAGS),
             ),
         ]
+        if cmd.condstore:
+            self.condstore = True  # rfc/7162 §3.1.8
+        if self.condstore:
+            # rfc/7162 §3.1.2.1: every message has a MODSEQ here, so never NOMODSEQ.
+            out.append(
+                responses.untagged("OK", "highest", responses.highestmodseq(current.highest_modseq))
+            )
         code = responses.READ_ONLY if cmd.read_only else responses.READ_WRITE
         verb = "EXAMINE" if cmd.read_only else "SELECT"
         out.append(responses.tagged(cmd.tag, "OK", f"{verb} completed", code))
@@ -712,7 +749,7 @@ class ImapSession:
     async def _fetch(self, cmd: Fetch) -> None:
         selected = self.selected
         assert selected is not None
-        if cmd.changed_since is not None or cmd.vanished or not fetch_items.supported(cmd.items):
+        if cmd.vanished or not fetch_items.supported(cmd.items):
             await self._no_cannot(cmd.tag, "FETCH item or modifier not implemented yet")
             return
         uids = self._target_uids(cmd.sequence, cmd.uid)
@@ -722,6 +759,10 @@ class ImapSession:
         if not cmd.uid and cmd.sequence.ranges and uids == [] and self.uids == []:
             await self._bad(cmd.tag, "no messages")  # rfc/9051 §6.4.5: invalid sequence numbers
             return
+        if cmd.changed_since is not None or any(
+            isinstance(i, FetchAttr) and i.name == "MODSEQ" for i in cmd.items
+        ):
+            self.condstore = True  # rfc/7162 §3.1: a CONDSTORE-enabling command
         store = self.server.store
         flags_changed: set[int] = set()
         if fetch_items.sets_seen(cmd.items) and not selected.read_only and uids:
@@ -744,6 +785,7 @@ class ImapSession:
                 uids,
                 body=fetch_items.needs_body(cmd.items),
                 structure=fetch_items.needs_structure(cmd.items),
+                changed_since=cmd.changed_since,
             )
         seq_of = {u: i + 1 for i, u in enumerate(self.uids)}
         for message in messages:
@@ -754,6 +796,9 @@ class ImapSession:
                 structure=message.structure,
                 with_uid=cmd.uid,
                 with_flags=message.state.uid in flags_changed,
+                # rfc/7162 §3.1.4.1: CHANGEDSINCE implies MODSEQ; §3.2: so do flag changes.
+                with_modseq=cmd.changed_since is not None
+                or (self.condstore and message.state.uid in flags_changed),
             )
             self.writer.write(responses.fetch(seq_of[message.state.uid], items))
             await self.writer.drain()
@@ -763,8 +808,7 @@ class ImapSession:
         selected = self.selected
         assert selected is not None
         if cmd.unchanged_since is not None:
-            await self._no_cannot(cmd.tag, "UNCHANGEDSINCE is not implemented yet")
-            return
+            self.condstore = True  # rfc/7162 §3.1: a CONDSTORE-enabling command
         if selected.read_only:
             await self._send(
                 responses.tagged(cmd.tag, "NO", "mailbox is read-only", responses.READ_ONLY)
@@ -780,7 +824,12 @@ class ImapSession:
         async with store.session() as session:
             try:
                 result = await queries.store_flags(
-                    session, selected.folder_id, uids, cmd.action, flags
+                    session,
+                    selected.folder_id,
+                    uids,
+                    cmd.action,
+                    flags,
+                    unchanged_since=cmd.unchanged_since,
                 )
             except ValueError as exc:
                 await self._bad(
@@ -788,13 +837,29 @@ class ImapSession:
                 )
                 return
             await session.commit()
-        if not cmd.silent:
-            seq_of = {u: i + 1 for i, u in enumerate(self.uids)}
-            for uid in sorted(result):
-                items: list[tuple[str, bytes]] = [("FLAGS", responses.flag_list(result[uid]))]
-                if cmd.uid:
-                    items.insert(0, ("UID", responses.number(uid)))
-                self.writer.write(responses.fetch(seq_of[uid], items))
+        seq_of = {u: i + 1 for i, u in enumerate(self.uids)}
+        for uid in sorted(result.flags):
+            items: list[tuple[str, bytes]] = []
+            if not cmd.silent:
+                items.append(("FLAGS", responses.flag_list(result.flags[uid])))
+            # rfc/7162 §3.1.3: with CONDSTORE on, the new MODSEQ goes out, even when .SILENT
+            # (then only for the messages this STORE changed).
+            if self.condstore and (not cmd.silent or uid in result.changed):
+                items.append(("MODSEQ", fetch_items.modseq_value(result.modseqs[uid])))
+            if not items:
+                continue
+            if cmd.uid:
+                items.insert(0, ("UID", responses.number(uid)))
+            self.writer.write(responses.fetch(seq_of[uid], items))
+        if result.modified:
+            # rfc/7162 §3.1.3: the messages refused, as UIDs for UID STORE, else numbers.
+            numbers = result.modified if cmd.uid else [seq_of[u] for u in result.modified]
+            await self._send(
+                responses.tagged(
+                    cmd.tag, "OK", "Conditional STORE failed", responses.modified(numbers)
+                )
+            )
+            return
         await self._send(responses.tagged(cmd.tag, "OK", "STORE completed"))
 
     async def _search(self, cmd: Search) -> None:
@@ -814,19 +879,27 @@ class ImapSession:
             )
             return
         ctx = queries.SearchContext(tuple(self.uids))
+        with_modseq = any(_has_modseq(k) for k in cmd.criteria)
+        if with_modseq:
+            self.condstore = True  # rfc/7162 §3.1: a CONDSTORE-enabling command
         try:
             async with self.server.store.read_session() as session:
-                found = await queries.search_uids(session, selected.folder_id, cmd.criteria, ctx)
+                rows = await queries.search_modseqs(session, selected.folder_id, cmd.criteria, ctx)
         except queries.UnsupportedError as exc:
             await self._no_cannot(cmd.tag, f"{exc}")
             return
+        found = [uid for uid, _ in rows]
         if cmd.uid:
             numbers = found
         else:
             seq_of = {u: i + 1 for i, u in enumerate(self.uids)}
             numbers = [seq_of[u] for u in found if u in seq_of]
+        # rfc/7162 §3.1.5: with a MODSEQ key, the highest MODSEQ of the messages found
+        # (none when nothing is found).
+        highest = max((m for _, m in rows), default=None) if with_modseq and numbers else None
         await self._send(
-            responses.search(numbers), responses.tagged(cmd.tag, "OK", "SEARCH completed")
+            responses.search(numbers, modseq=highest),
+            responses.tagged(cmd.tag, "OK", "SEARCH completed"),
         )
 
     async def _expunge(self, cmd: Expunge) -> None:
