@@ -54,8 +54,9 @@ demo)
 test)
     shift
     # postgresql: the store tests start a throwaway cluster with its initdb/pg_ctl;
-    # swaks: a real SMTP client for the relay tests.
-    apt_install postgresql swaks
+    # swaks: a real SMTP client for the relay tests;
+    # isync (mbsync) and curl: real IMAP clients for tests/operator/imap/test_imap_clients.py.
+    apt_install postgresql swaks isync curl
     venv '.[test]'
     echo "== ruff" && .venv/bin/ruff check . && .venv/bin/ruff format --check .
     echo "== mypy --strict" && .venv/bin/mypy
