@@ -480,32 +480,7 @@ async def expunge(
     mailbox's `used_bytes` goes down by their size, in the caller's transaction. Blobs stay:
     other messages or the queue may use them.
     """
-    wanted = set(uids)
-    if not wanted:
-        return []
-    rows = (
-        await session.execute(
-            select(MessageRow.id, MessageRow.uid, MessageRow.size).where(
-                MessageRow.folder_id == folder_id,
-                MessageRow.deleted.is_(True),
-                uid_predicate(compress(wanted)),
-            )
-        )
-    ).all()
-    gone = [(int(r[0]), int(r[1]), int(r[2])) for r in rows if int(r[1]) in wanted]
-    if not gone:
-        return []
-    modseq = await _bump_modseq(session, folder_id)
-    await session.execute(delete(MessageRow).where(MessageRow.id.in_([g[0] for g in gone])))
-    await session.execute(
-        insert(ExpungedRow), [{"folder_id": folder_id, "uid": g[1], "modseq": modseq} for g in gone]
-    )
-    await session.execute(
-        sql_update(_MAILBOXES)
-        .where(_MAILBOXES.c.id == mailbox_id)
-        .values(used_bytes=_MAILBOXES.c.used_bytes - sum(g[2] for g in gone))
-    )
-    return sorted(g[1] for g in gone)
+    return await _remove(session, folder_id, mailbox_id, uids, MessageRow.deleted.is_(True))
 
 
 async def remove_messages(
@@ -513,13 +488,23 @@ async def remove_messages(
 ) -> list[int]:
     """Remove these messages whatever their flags (MOVE's source side, rfc/6851 §3.3); their
     UIDs, ascending. Recorded and accounted like `expunge`; the caller commits."""
+    return await _remove(session, folder_id, mailbox_id, uids)
+
+
+async def _remove(
+    session: AsyncSession,
+    folder_id: int,
+    mailbox_id: int,
+    uids: Sequence[int],
+    *where: ColumnElement[bool],
+) -> list[int]:
     wanted = set(uids)
     if not wanted:
         return []
     rows = (
         await session.execute(
             select(MessageRow.id, MessageRow.uid, MessageRow.size).where(
-                MessageRow.folder_id == folder_id, uid_predicate(compress(wanted))
+                MessageRow.folder_id == folder_id, uid_predicate(compress(wanted)), *where
             )
         )
     ).all()
