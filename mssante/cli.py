@@ -493,15 +493,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     func: Callable[[argparse.Namespace], int] = args.func
-    known = _known_errors()
     try:
         return func(args)
-    except known as exc:
-        print(f"mssante: error: {exc}", file=sys.stderr)
-        return EXIT_REFUSED
     except KeyboardInterrupt:
         return 130
     except Exception as exc:
+        # The error types are looked up only when something failed: importing them all
+        # (the server among them) would slow every command down.
+        if isinstance(exc, _known_errors()):
+            print(f"mssante: error: {exc}", file=sys.stderr)
+            return EXIT_REFUSED
         if args.debug:
             raise
         logging.getLogger("mssante").debug("internal error", exc_info=True)
