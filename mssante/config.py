@@ -91,6 +91,8 @@ class ImapSettings:
     max_connections_per_ip: int = 50
     idle_timeout_seconds: int = 1800
     """RFC 9051 §5.4: an inactivity autologout timer of at least 30 minutes."""
+    unauthenticated_timeout_seconds: int = 60
+    """Before login the RFC sets no minimum: a silent unauthenticated connection goes sooner."""
     login_failures_before_delay: int = 3
     login_delay_max_seconds: int = 30
 
@@ -395,7 +397,12 @@ def _check_values(settings: Settings) -> Settings:
         parse_host_port(imap.listen, "imap.listen")
         if imap.implicit_tls_listen:
             parse_host_port(imap.implicit_tls_listen, "imap.implicit_tls_listen")
-    for key in ("max_connections", "max_connections_per_ip", "login_delay_max_seconds"):
+    for key in (
+        "max_connections",
+        "max_connections_per_ip",
+        "login_delay_max_seconds",
+        "unauthenticated_timeout_seconds",
+    ):
         if getattr(imap, key) < 1:
             raise ConfigError(f"imap.{key}: must be at least 1")
     if imap.login_failures_before_delay < 0:

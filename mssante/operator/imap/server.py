@@ -45,6 +45,7 @@ class ImapServer:
         self.notifier = FolderNotifier()  # IDLE wake-ups within this process (notify.py)
         config = settings.imap
         self.idle_timeout = float(idle_timeout or config.idle_timeout_seconds)
+        self.unauthenticated_timeout = float(config.unauthenticated_timeout_seconds)
         # Client certificates are not asked for yet (AUTHENTICATE EXTERNAL comes later).
         self.tls_context = pki.server_context("optional")
         self.throttle = LoginThrottle(
@@ -94,6 +95,18 @@ class ImapServer:
             config.max_connections_per_ip
         ):
             # rfc/9051 §7.1.5: BYE at connection time refuses the session.
+            reason = "total" if self._total >= config.max_connections else "per_ip"
+            event(log, "imap connection refused", peer_ip=peer_ip, limit=reason)
+            self.audit_sink.record(
+                AuditRecord(
+                    event="imap.connection",
+                    outcome=Outcome.REFUSED,
+                    actor="imap",
+                    peer_ip=peer_ip,
+                    target=None,
+                    details={"reason": f"too many connections ({reason})"},
+                )
+            )
             with contextlib.suppress(Exception):
                 writer.write(responses.bye("Too many connections, try again later"))
                 await writer.drain()

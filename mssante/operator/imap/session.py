@@ -249,14 +249,21 @@ class ImapSession:
         await self._send(responses.untagged("OK", "MSSante IMAP server ready", code))
         try:
             while True:
+                # rfc/9051 §5.4: the autologout timer is at least 30 minutes once logged in;
+                # before that nothing is owed to a silent peer holding a connection slot.
+                authenticated = self.account is not None
+                timeout = (
+                    self.server.idle_timeout
+                    if authenticated
+                    else self.server.unauthenticated_timeout
+                )
                 try:
-                    data = await asyncio.wait_for(
-                        self.stream.read(READ_SIZE), self.server.idle_timeout
-                    )
+                    data = await asyncio.wait_for(self.stream.read(READ_SIZE), timeout)
                 except TimeoutError:
-                    # rfc/9051 §5.4: the autologout timer is at least 30 minutes.
                     await self._send(responses.bye("Autologout; idle for too long"))
-                    self.server.audit(self, "imap.timeout", Outcome.REFUSED, {})
+                    self.server.audit(
+                        self, "imap.timeout", Outcome.REFUSED, {"authenticated": authenticated}
+                    )
                     return
                 if not data:
                     return
