@@ -153,7 +153,8 @@ def render(
     """The FETCH response items. `with_uid`: UID FETCH always returns the UID (rfc/3501
     §6.4.8); `with_flags`: the FETCH set \\Seen, so the new flags go out unasked (§6.4.5);
     `with_modseq`: CONDSTORE is on and flags go out, or CHANGEDSINCE was given, so MODSEQ is
-    sent too (rfc/7162 §3.1.4.1, §3.2)."""
+    sent too (rfc/7162 §3.1.4.1, §3.2). Raises `binary.UnknownEncodingError` for a BINARY item
+    whose part has an encoding this server cannot remove (rfc/3516 §4.3)."""
     out: list[tuple[str, bytes]] = []
     names: set[str] = set()
 

@@ -127,6 +127,10 @@ def test_non_leaf_parts_are_sent_as_stored() -> None:
     structure = mime.parse(outer)
     assert binary.section(outer, structure, (1,)) == inner[:-2]  # MESSAGE/RFC822: as stored
     assert binary.section(outer, structure, (1, 1)) == b"x"  # its own body part is
+    # A single-part message: part 1 is its body, decoded; [] the whole message.
+    single = b"Content-Transfer-Encoding: base64\r\n\r\nAAF4\r\n"
+    assert binary.section(single, mime.parse(single), (1,)) == b"\x00\x01x"
+    assert binary.section(single, mime.parse(single), ()) == single
 
 
 # --- the server -------------------------------------------------------------------------------
