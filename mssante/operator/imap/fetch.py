@@ -12,8 +12,15 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from mssante.operator import mime
-from mssante.operator.imap import responses
-from mssante.operator.imap.commands import FetchAttr, FetchBody, FetchItem, Section
+from mssante.operator.imap import binary, responses
+from mssante.operator.imap.commands import (
+    FetchAttr,
+    FetchBinary,
+    FetchBinarySize,
+    FetchBody,
+    FetchItem,
+    Section,
+)
 
 # Items this server answers; anything else in a FETCH gets NO [CANNOT] before any work.
 SUPPORTED_ATTRS = frozenset(
@@ -53,7 +60,8 @@ class MessageState:
 
 def supported(items: Sequence[FetchItem]) -> bool:
     return all(
-        (isinstance(i, FetchAttr) and i.name in SUPPORTED_ATTRS) or isinstance(i, FetchBody)
+        (isinstance(i, FetchAttr) and i.name in SUPPORTED_ATTRS)
+        or isinstance(i, FetchBody | FetchBinary | FetchBinarySize)  # rfc/3516: binary.py
         for i in items
     )
 
@@ -61,22 +69,25 @@ def supported(items: Sequence[FetchItem]) -> bool:
 def needs_body(items: Sequence[FetchItem]) -> bool:
     """Whether the decrypted message is needed (header fields and parts are read from it)."""
     return any(
-        isinstance(i, FetchBody) or (isinstance(i, FetchAttr) and i.name in _BODY_ATTRS)
+        isinstance(i, FetchBody | FetchBinary | FetchBinarySize)
+        or (isinstance(i, FetchAttr) and i.name in _BODY_ATTRS)
         for i in items
     )
 
 
 def needs_structure(items: Sequence[FetchItem]) -> bool:
     return any(
-        isinstance(i, FetchBody) or (isinstance(i, FetchAttr) and i.name in _STRUCTURE_ATTRS)
+        isinstance(i, FetchBody | FetchBinary | FetchBinarySize)
+        or (isinstance(i, FetchAttr) and i.name in _STRUCTURE_ATTRS)
         for i in items
     )
 
 
 def sets_seen(items: Sequence[FetchItem]) -> bool:
-    """Whether the FETCH marks the messages \\Seen (rfc/3501 §6.4.5: BODY[…] without .PEEK)."""
+    """Whether the FETCH marks the messages \\Seen (rfc/3501 §6.4.5: BODY[…] without .PEEK;
+    rfc/3516 §4.2: BINARY[…] likewise)."""
     return any(
-        (isinstance(i, FetchBody) and not i.peek)
+        (isinstance(i, FetchBody | FetchBinary) and not i.peek)
         or (isinstance(i, FetchAttr) and i.name in _SETS_SEEN_ATTRS)
         for i in items
     )
@@ -123,8 +134,9 @@ def section_bytes(raw: bytes, structure: mime.Message, section: Section) -> byte
 
 
 def _literal(data: bytes) -> bytes:
-    # IMAP4rev1 strings cannot carry NUL (rfc/3501 §9 CHAR8); BINARY is not offered, so a
-    # NUL in a stored message is dropped, as `mime.imap_string` does for header values.
+    # Literals cannot carry NUL (rfc/3501 §9 CHAR8, rfc/9051 §4.3.1: only BINARY answers may
+    # use literal8), so a NUL in a stored message is dropped from BODY[] and RFC822 answers, as
+    # `mime.imap_string` does for header values; BINARY[] sends the exact octets.
     return responses.literal(data.replace(b"\x00", b""))
 
 
@@ -141,7 +153,8 @@ def render(
     """The FETCH response items. `with_uid`: UID FETCH always returns the UID (rfc/3501
     §6.4.8); `with_flags`: the FETCH set \\Seen, so the new flags go out unasked (§6.4.5);
     `with_modseq`: CONDSTORE is on and flags go out, or CHANGEDSINCE was given, so MODSEQ is
-    sent too (rfc/7162 §3.1.4.1, §3.2)."""
+    sent too (rfc/7162 §3.1.4.1, §3.2). Raises `binary.UnknownEncodingError` for a BINARY item
+    whose part has an encoding this server cannot remove (rfc/3516 §4.3)."""
     out: list[tuple[str, bytes]] = []
     names: set[str] = set()
 
@@ -159,6 +172,10 @@ def render(
             if item.partial is not None:
                 data = data[item.partial.offset : item.partial.offset + item.partial.length]
             add(item.reply_name, _literal(data))
+            continue
+        if isinstance(item, FetchBinary | FetchBinarySize):
+            assert raw is not None and structure is not None
+            add(item.reply_name, binary.fetch_value(raw, structure, item))  # may raise
             continue
         assert isinstance(item, FetchAttr)
         name = item.name

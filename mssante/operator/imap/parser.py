@@ -165,6 +165,7 @@ _STATUS_ITEMS: Final = frozenset(
         "RECENT",  # rfc/3501 §6.3.10
         "HIGHESTMODSEQ",  # rfc/7162 §3.1.6
         "APPENDLIMIT",  # rfc/7889 §3.1
+        "DELETED-STORAGE",  # rfc/9208 §4.2.2
     }
 )
 _FLAG_KEYS: Final = frozenset(

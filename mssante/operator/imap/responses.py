@@ -331,6 +331,22 @@ def status(name: str, items: Sequence[tuple[str, int]], *, utf8: bool = False) -
     return b"* STATUS " + mailbox(name, utf8=utf8) + b" (" + body + b")" + CRLF
 
 
+def quotaroot(name: str, roots: Sequence[str], *, utf8: bool = False) -> bytes:
+    """`* QUOTAROOT "mailbox" root …` (rfc/9208 §5.2); no root: the mailbox has no quota."""
+    listed = b"".join(b" " + astring(root, utf8=utf8) for root in roots)
+    return b"* QUOTAROOT " + mailbox(name, utf8=utf8) + listed + CRLF
+
+
+def quota(root: str, resources: Sequence[tuple[str, int, int]], *, utf8: bool = False) -> bytes:
+    """`* QUOTA root (NAME usage limit …)` (rfc/9208 §5.1); `resources` are (name, usage,
+    limit), both numbers 63-bit (`number64`)."""
+    body = b" ".join(
+        _atom(n, "quota resource") + b" " + number(usage) + b" " + number(limit)
+        for n, usage, limit in resources
+    )
+    return b"* QUOTA " + astring(root, utf8=utf8) + b" (" + body + b")" + CRLF
+
+
 def fetch(seq: int, items: Sequence[tuple[str, bytes]]) -> bytes:
     """`* seq FETCH (NAME value …)` (rfc/9051 §7.5.2); values are already encoded (see
     `string`, `nstring`, `flag_list`, `date_time`, `number`)."""

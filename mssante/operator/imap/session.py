@@ -27,8 +27,9 @@ from typing import TYPE_CHECKING, Final, Literal
 
 from mssante.logs import event
 from mssante.operator import mime
-from mssante.operator.imap import auth, queries, responses
+from mssante.operator.imap import auth, queries, quota, responses
 from mssante.operator.imap import fetch as fetch_items
+from mssante.operator.imap.binary import UnknownEncodingError
 from mssante.operator.imap.commands import (
     AndKey,
     Append,
@@ -44,6 +45,8 @@ from mssante.operator.imap.commands import (
     Expunge,
     Fetch,
     FetchAttr,
+    GetQuota,
+    GetQuotaRoot,
     Id,
     Idle,
     List,
@@ -60,6 +63,7 @@ from mssante.operator.imap.commands import (
     Search,
     SearchKey,
     Select,
+    SetQuota,
     StartTLS,
     Status,
     Store,
@@ -139,6 +143,10 @@ def capabilities(
         "MULTIAPPEND",  # rfc/3502 (all messages in one transaction)
         "CONDSTORE",  # rfc/7162 §3.1 (MODSEQ, CHANGEDSINCE, UNCHANGEDSINCE; no QRESYNC)
         f"APPENDLIMIT={append_limit}",  # rfc/7889 (the reader's max_literal)
+        "BINARY",  # rfc/3516 (FETCH BINARY[…], BINARY.SIZE, APPEND ~{N}: binary.py)
+        "QUOTA",  # rfc/9208 (GETQUOTA, GETQUOTAROOT; SETQUOTA refused: quota.py)
+        "QUOTA=RES-STORAGE",  # rfc/9208 §5.1 (with STATUS DELETED-STORAGE)
+        "STATUS=SIZE",  # rfc/8438 (STATUS SIZE)
     ]
     return caps
 
@@ -401,6 +409,12 @@ class ImapSession:
             await self._append(cmd)
         elif isinstance(cmd, Idle):
             await self._idle(cmd)
+        elif isinstance(cmd, GetQuotaRoot):
+            await quota.getquotaroot(self, cmd)
+        elif isinstance(cmd, GetQuota):
+            await quota.getquota(self, cmd)
+        elif isinstance(cmd, SetQuota):
+            await quota.setquota(self, cmd)
         elif self.selected is None:
             await self._bad(tag, "select a mailbox first")
             self._resume_if_paused()
@@ -636,6 +650,7 @@ class ImapSession:
             "SIZE",
             "APPENDLIMIT",
             "HIGHESTMODSEQ",  # rfc/7162 §3.1.6
+            "DELETED-STORAGE",  # rfc/9208 §4.2.2
         }
         if unknown:
             await self._no_cannot(cmd.tag, f"STATUS {sorted(unknown)[0]} is not implemented yet")
@@ -648,6 +663,11 @@ class ImapSession:
             return
         async with self.server.store.read_session() as session:
             counts = await queries.folder_counts(session, folder.id)
+            deleted_storage = (
+                await quota.deleted_storage(session, folder.id)
+                if "DELETED-STORAGE" in cmd.items
+                else 0
+            )
         values = {
             "MESSAGES": counts.messages,
             "RECENT": 0,  # \Recent is not kept (rfc/9051 removed it)
@@ -658,6 +678,7 @@ class ImapSession:
             "SIZE": counts.size,
             "APPENDLIMIT": self.server.limits.max_literal,  # rfc/7889 §3: same for every folder
             "HIGHESTMODSEQ": folder.highest_modseq,
+            "DELETED-STORAGE": deleted_storage,
         }
         if "HIGHESTMODSEQ" in cmd.items:
             self.condstore = True  # rfc/7162 §3.1: a CONDSTORE-enabling command
@@ -796,17 +817,30 @@ class ImapSession:
             )
         seq_of = {u: i + 1 for i, u in enumerate(self.uids)}
         for message in messages:
-            items = fetch_items.render(
-                message.state,
-                cmd.items,
-                raw=message.raw,
-                structure=message.structure,
-                with_uid=cmd.uid,
-                with_flags=message.state.uid in flags_changed,
-                # rfc/7162 §3.1.4.1: CHANGEDSINCE implies MODSEQ; §3.2: so do flag changes.
-                with_modseq=cmd.changed_since is not None
-                or (self.condstore and message.state.uid in flags_changed),
-            )
+            try:
+                items = fetch_items.render(
+                    message.state,
+                    cmd.items,
+                    raw=message.raw,
+                    structure=message.structure,
+                    with_uid=cmd.uid,
+                    with_flags=message.state.uid in flags_changed,
+                    # rfc/7162 §3.1.4.1: CHANGEDSINCE implies MODSEQ; §3.2: so do flag changes.
+                    with_modseq=cmd.changed_since is not None
+                    or (self.condstore and message.state.uid in flags_changed),
+                )
+            except UnknownEncodingError:
+                # rfc/3516 §4.3: a BINARY item whose encoding we cannot remove fails the FETCH
+                # (the FETCH responses already sent stay valid).
+                await self._send(
+                    responses.tagged(
+                        cmd.tag,
+                        "NO",
+                        f"unknown content-transfer-encoding in message UID {message.state.uid}",
+                        responses.UNKNOWN_CTE,
+                    )
+                )
+                return
             self.writer.write(responses.fetch(seq_of[message.state.uid], items))
             await self.writer.drain()
         await self._send(responses.tagged(cmd.tag, "OK", "FETCH completed"))
@@ -1100,9 +1134,6 @@ class ImapSession:
             await self._send(
                 responses.tagged(cmd.tag, "NO", "no such mailbox", responses.TRYCREATE)
             )
-            return
-        if any(m.binary for m in cmd.messages):
-            await self._no_cannot(cmd.tag, "APPEND of a literal8 (BINARY) is not implemented")
             return
         if any(not m.data for m in cmd.messages):
             await self._bad(cmd.tag, "empty message")
