@@ -1170,13 +1170,43 @@ class ImapSession:
             return None
         return name
 
+    async def _shared_target(
+        self, tag: str, raw: str, write: shared.Write
+    ) -> tuple[int, str] | None:
+        """(owner mailbox id, folder name) of a folder to create or rename to in the shared
+        namespace, rights checked. A name under a mailbox the user may not see is answered as
+        an invalid name, like one under no mailbox at all."""
+        assert self.account is not None
+        parts = shared.split(raw.removesuffix(DELIMITER))
+        access = None
+        if parts is not None:
+            async with self.server.store.read_session() as session:
+                for candidate in await shared.accesses(session, self.account.mailbox_id):
+                    if candidate.owner_address == parts[0]:
+                        access = candidate
+        if parts is None or access is None:
+            self._audit_shared(None, raw, write.value, Outcome.REFUSED, reason="no_access")
+            await self._no_cannot(tag, "invalid mailbox name")
+            return None
+        if not await self._shared_write(tag, access, write, raw):
+            return None
+        return access.owner_id, parts[1]
+
     async def _create(self, cmd: Create) -> None:
         assert self.account is not None
         # rfc/3501 §6.3.3: a trailing delimiter says children will be created under it.
-        name = self._own_name(cmd.mailbox.removesuffix(DELIMITER))
-        if name is None:
-            await self._no_cannot(cmd.tag, "invalid mailbox name")
-            return
+        mailbox_id = self.account.mailbox_id
+        if shared.in_namespace(cmd.mailbox):
+            target = await self._shared_target(cmd.tag, cmd.mailbox, shared.Write.CREATE)
+            if target is None:
+                return
+            mailbox_id, name = target
+        else:
+            own = self._own_name(cmd.mailbox.removesuffix(DELIMITER))
+            if own is None:
+                await self._no_cannot(cmd.tag, "invalid mailbox name")
+                return
+            name = own
         special: SpecialUse | None = None
         if cmd.special_use:
             by_lower = {s.value.lower(): s for s in SpecialUse}
@@ -1189,9 +1219,7 @@ class ImapSession:
                 return
             special = by_lower[cmd.special_use[0].lower()]
         async with self.server.store.session() as session:
-            names = {
-                f.name for f in await store_folders.list_folders(session, self.account.mailbox_id)
-            }
+            names = {f.name for f in await store_folders.list_folders(session, mailbox_id)}
             if name in names:
                 await self._send(
                     responses.tagged(cmd.tag, "NO", "mailbox exists", responses.ALREADYEXISTS)
@@ -1200,10 +1228,8 @@ class ImapSession:
             try:
                 for parent in _parents(name):  # rfc/3501 §6.3.3: create the levels above
                     if parent not in names:
-                        await store_folders.create_folder(session, self.account.mailbox_id, parent)
-                await store_folders.create_folder(
-                    session, self.account.mailbox_id, name, special_use=special
-                )
+                        await store_folders.create_folder(session, mailbox_id, parent)
+                await store_folders.create_folder(session, mailbox_id, name, special_use=special)
             except AlreadyExists:
                 await self._send(
                     responses.tagged(cmd.tag, "NO", "mailbox exists", responses.ALREADYEXISTS)
@@ -1214,32 +1240,48 @@ class ImapSession:
 
     async def _delete(self, cmd: Delete) -> None:
         assert self.account is not None
-        folder = await self._find_folder(cmd.mailbox)
-        if folder is None:
+        located = await self._locate(cmd.mailbox, "DELETE")
+        if located is None:
             await self._nonexistent(cmd.tag)
+            return
+        folder = located.folder
+        if located.access is not None and not await self._shared_write(
+            cmd.tag, located.access, shared.Write.DELETE, located.name
+        ):
             return
         if folder.name == store_folders.INBOX:
             await self._no_cannot(cmd.tag, "INBOX cannot be deleted")
             return
-        if any(f.name.startswith(folder.name + DELIMITER) for f in await self._folders()):
+        siblings = await self._folders(folder.mailbox_id)
+        if any(f.name.startswith(folder.name + DELIMITER) for f in siblings):
             # rfc/9051 §6.3.4: we keep no \Noselect folders, so one with children stays.
             await self._send(
                 responses.tagged(cmd.tag, "NO", "mailbox has children", responses.HASCHILDREN)
             )
             return
         async with self.server.store.session() as session:
-            await queries.delete_folder(session, folder.id, self.account.mailbox_id)
+            await queries.delete_folder(session, folder.id, folder.mailbox_id)
             await session.commit()
         self.server.notifier.publish(folder.id)
         await self._send(responses.tagged(cmd.tag, "OK", "DELETE completed"))
 
     async def _rename(self, cmd: Rename) -> None:
         assert self.account is not None
-        source = await self._find_folder(cmd.source)
-        if source is None:
+        located = await self._locate(cmd.source, "RENAME")
+        if located is None:
             await self._nonexistent(cmd.tag)
             return
-        destination = self._own_name(cmd.destination.removesuffix(DELIMITER))
+        source = located.folder
+        mailbox_id = source.mailbox_id
+        destination: str | None
+        if located.access is None:
+            destination = self._own_name(cmd.destination.removesuffix(DELIMITER))
+        else:
+            # Within the same shared mailbox only: folders do not change hands.
+            target = await self._shared_target(cmd.tag, cmd.destination, shared.Write.RENAME)
+            if target is None:
+                return
+            destination = target[1] if target[0] == mailbox_id else None
         if destination is None or destination.startswith(source.name + DELIMITER):
             await self._no_cannot(cmd.tag, "invalid new name")
             return
@@ -1247,7 +1289,7 @@ class ImapSession:
             await self._no_cannot(cmd.tag, "renaming INBOX is not implemented")
             return
         async with self.server.store.session() as session:
-            entries = await store_folders.list_folders(session, self.account.mailbox_id)
+            entries = await store_folders.list_folders(session, mailbox_id)
             moved = [
                 (f.id, destination + f.name[len(source.name) :])
                 for f in entries
@@ -1264,15 +1306,24 @@ class ImapSession:
             await queries.rename_folders(session, moved)
             for parent in _parents(destination):
                 if parent not in staying:
-                    await store_folders.create_folder(session, self.account.mailbox_id, parent)
+                    await store_folders.create_folder(session, mailbox_id, parent)
             await session.commit()
         await self._send(responses.tagged(cmd.tag, "OK", "RENAME completed"))
 
     async def _subscribe(self, cmd: Subscribe | Unsubscribe) -> None:
-        folder = await self._find_folder(cmd.mailbox)
         verb = type(cmd).__name__.upper()
-        if folder is None:
+        located = await self._locate(cmd.mailbox, verb)
+        if located is None:
             await self._nonexistent(cmd.tag)
+            return
+        folder = located.folder
+        if located.access is not None:
+            # The subscription flag is the owner's: shared folders are always listed as
+            # subscribed (shared.py), so SUBSCRIBE has nothing to do and UNSUBSCRIBE cannot.
+            if isinstance(cmd, Unsubscribe):
+                await self._no_cannot(cmd.tag, "shared folders are always subscribed")
+            else:
+                await self._send(responses.tagged(cmd.tag, "OK", f"{verb} completed"))
             return
         async with self.server.store.session() as session:
             await queries.set_subscribed(session, folder.id, isinstance(cmd, Subscribe))
