@@ -976,12 +976,13 @@ class ImapSession:
         messages: list[queries.FetchedMessage],
     ) -> list[queries.FetchedMessage]:
         """What a grantee's FETCH shows: their own \\Seen; a FETCH returning message
-        content is audited, one event with the UID set."""
+        content (body, headers, ENVELOPE, BODYSTRUCTURE) is audited, one event with the UIDs."""
         assert self.account is not None and selected.access is not None
         states = await shared.reader_view(
             session, selected.folder_id, self.account.mailbox_id, [m.state for m in messages]
         )
-        if messages and fetch_items.needs_body(cmd.items):
+        content = fetch_items.needs_body(cmd.items) or fetch_items.needs_structure(cmd.items)
+        if messages and content:
             uid_set = ",".join(
                 f"{lo}" if lo == hi else f"{lo}:{hi}" for lo, hi in compress(s.uid for s in states)
             )

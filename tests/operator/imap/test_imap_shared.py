@@ -207,6 +207,18 @@ async def test_read_only_delegate_cannot_change_anything_but_own_seen(imap: Imap
         assert _no(secretary, "MOVE", "1", "INBOX") == (
             f"[NOPERM] MOVE refused: read-only access to {USER}"
         )
+        for command in (
+            ("CREATE", f"Shared/{USER}/Neuf"),
+            ("DELETE", f"Shared/{USER}/Projets"),
+            ("RENAME", f"Shared/{USER}/Projets", f"Shared/{USER}/Autre"),
+        ):
+            assert _no(secretary, *command) == (
+                f"[NOPERM] {command[0]} refused: read-only access to {USER}"
+            )
+        assert _no(secretary, "UNSUBSCRIBE", USER_INBOX) == (
+            "[CANNOT] shared folders are always subscribed"
+        )
+        assert secretary.subscribe(USER_INBOX)[0] == "OK"
         # Her own \Seen she may keep, and a copy into her own mailbox carries it.
         typ, _ = secretary.store("1", "+FLAGS", "(\\Seen)")
         assert typ == "OK"
@@ -247,7 +259,14 @@ async def test_read_write_delegate_expunges_and_owner_sees_it_gone(imap: Imap) -
         typ, data = standin.expunge()
         assert (typ, data) == ("OK", [b"1"])
         _append(standin, USER_INBOX)
-        standin.create(f"Shared/{USER}/Dossiers")
+        assert standin.create(f"Shared/{USER}/Brouillon")[0] == "OK"
+        assert standin.rename(f"Shared/{USER}/Brouillon", f"Shared/{USER}/Dossiers")[0] == "OK"
+        assert _no(standin, "RENAME", f"Shared/{USER}/Dossiers", "Perso") == (
+            "[CANNOT] invalid mailbox name"
+        )  # folders do not change hands
+        assert _no(standin, "DELETE", USER_INBOX) == "[CANNOT] INBOX cannot be deleted"
+        assert standin.create(f"Shared/{USER}/Poubelle")[0] == "OK"
+        assert standin.delete(f"Shared/{USER}/Poubelle")[0] == "OK"
         typ, data = standin.list(f"Shared/{USER}/", "%")
         assert any(b'"Shared/' + USER.encode() + b'/Dossiers"' in d for d in data if d)
         standin.logout()
@@ -256,7 +275,9 @@ async def test_read_write_delegate_expunges_and_owner_sees_it_gone(imap: Imap) -
         assert owner.response("EXPUNGE")[1][0] == b"1"
         typ, data = owner.search(None, "ALL")
         assert data == [b"1 2"]
-        assert "Dossiers" in "\n".join(_lines(owner, "LIST", '""', "*"))
+        listed = "\n".join(_lines(owner, "LIST", '""', "*"))
+        assert '"Dossiers"' in listed
+        assert "Brouillon" not in listed and "Poubelle" not in listed
         owner.logout()
 
     await _in_thread(scenario)
