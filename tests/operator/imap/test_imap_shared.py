@@ -422,3 +422,75 @@ async def test_list_extended_and_list_status(imap: Imap) -> None:  # noqa: F811
         secretary.logout()
 
     await _in_thread(scenario)
+
+
+async def test_shared_writes_count_against_the_owner_quota(imap: Imap) -> None:  # noqa: F811
+    await _cast(imap)
+    async with imap.running.store.session() as session:
+        box = await mailboxes.get_mailbox(session, USER)
+        row = await session.get(MailboxRow, box.id)
+        assert row is not None
+        row.quota_bytes = len(MESSAGE) + 10
+        await session.commit()
+
+    def scenario() -> None:
+        standin = _login(imap, STANDIN)
+        _append(standin, USER_INBOX)
+        typ, data = standin.append(USER_INBOX, None, None, MESSAGE)
+        assert (typ, data) == ("NO", [b"[OVERQUOTA] over quota"])
+        _append(standin, "INBOX")  # her own mailbox has room
+        standin.select("INBOX")
+        assert _no(standin, "COPY", "1", USER_INBOX) == "[OVERQUOTA] over quota"
+        standin.logout()
+
+    await _in_thread(scenario)
+
+
+async def test_private_seen_moves_modseq_and_idle_sees_shared_appends(imap: Imap) -> None:  # noqa: F811
+    await _cast(imap)
+
+    def scenario() -> None:
+        alice = _login(imap, ALICE)
+        _append(alice, ORG_INBOX)
+        alice.enable("CONDSTORE")
+        alice.select(ORG_INBOX)
+        typ, data = alice.fetch("1", "(MODSEQ)")
+        before = int(re.findall(rb"MODSEQ \((\d+)\)", data[0] or b"")[0])
+        typ, data = alice.store("1", "+FLAGS", "(\\Seen)")
+        assert typ == "OK"
+        after = int(re.findall(rb"MODSEQ \((\d+)\)", data[0] or b"")[0])
+        assert after > before  # rfc/7162 §3.1.1: a CONDSTORE client resyncs her \Seen
+        typ, _ = alice.store("1", "+FLAGS.SILENT", "(\\Seen)")  # no change: same MODSEQ
+        typ, data = alice.fetch("1", "(MODSEQ)")
+        assert int(re.findall(rb"MODSEQ \((\d+)\)", data[0] or b"")[0]) == after
+
+        bob = _login(imap, BOB)
+        bob.select(ORG_INBOX)
+        tag = bob._new_tag().decode()
+        bob.send(f"{tag} IDLE\r\n".encode())
+        assert bob.readline().startswith(b"+")
+        _append(alice, ORG_INBOX)
+        assert bob.readline() == b"* 2 EXISTS\r\n"
+        bob.send(b"DONE\r\n")
+        assert bob.readline() == f"{tag} OK IDLE terminated\r\n".encode()
+        bob.logout()
+        alice.logout()
+
+    await _in_thread(scenario)
+
+
+def test_shared_names_and_rights() -> None:
+    from mssante.operator.imap import shared
+
+    assert shared.split(f"Shared/{ORG.upper()}/inbox") == (ORG, "INBOX")
+    assert shared.split(f"Shared/{ORG}/Projets/2026") == (ORG, "Projets/2026")
+    for name in ("Shared", f"Shared/{ORG}", f"Shared/{ORG}/", "Shared//INBOX", "INBOX"):
+        assert shared.split(name) is None
+    assert shared.split(f"Shared/{ORG}/a%b") is None  # not a name a folder can have
+    assert not shared.in_namespace("shared/x/INBOX")  # as personal names: case-sensitive
+    reader = shared.Access(1, ORG, can_write=False)
+    writer = shared.Access(1, ORG, can_write=True)
+    for write in shared.Write:
+        assert shared.refusal(writer, write) is None
+        assert shared.refusal(None, write) is None  # one's own folder
+        assert shared.refusal(reader, write) == f"{write.value} refused: read-only access to {ORG}"
