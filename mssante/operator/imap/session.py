@@ -438,7 +438,7 @@ class ImapSession:
         elif isinstance(cmd, Close):
             # rfc/3501 §6.4.2: expunge silently, unless read-only.
             selected = self.selected
-            if not selected.read_only and (selected.access is None or selected.access.can_write):
+            if not selected.read_only and await self._close_expunges(selected):
                 await self._remove_deleted(selected, None, announce=False)
             self._deselect()
             await self._send(responses.tagged(tag, "OK", "CLOSE completed"))
@@ -642,6 +642,21 @@ class ImapSession:
             return None
         self._audit_shared(current, folder, command, Outcome.OK)
         return current
+
+    async def _close_expunges(self, selected: Selected) -> bool:
+        """Whether CLOSE may expunge (rfc/3501 §6.4.2: silently): in a shared folder only with
+        write access, read again now; when it may, the write is audited."""
+        assert self.account is not None
+        if selected.access is None:
+            return True
+        async with self.server.store.read_session() as session:
+            current = await shared.access_to(
+                session, self.account.mailbox_id, selected.access.owner_id
+            )
+        if current is None or not current.can_write:
+            return False
+        self._audit_shared(current, selected.name, "CLOSE", Outcome.OK)
+        return True
 
     def _owner_id(self, selected: Selected) -> int:
         """The mailbox the selected folder belongs to (its quota and its counters)."""

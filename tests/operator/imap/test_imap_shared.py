@@ -299,6 +299,7 @@ async def test_revoked_grant_refuses_the_next_write(imap: Imap) -> None:  # noqa
         owner.logout()
         standin = _login(imap, STANDIN)
         standin.select(USER_INBOX)
+        assert standin.store("1", "+FLAGS", "(\\Deleted)")[0] == "OK"
         return standin
 
     standin = await _in_thread(before)
@@ -310,9 +311,13 @@ async def test_revoked_grant_refuses_the_next_write(imap: Imap) -> None:  # noqa
         assert _no(standin, "STORE", "1", "+FLAGS", "(\\Flagged)") == (
             f"[NOPERM] STORE refused: access to {USER} was withdrawn"
         )
+        assert standin.close()[0] == "OK"  # rfc/3501 §6.4.2, but no longer allowed to expunge
         typ, data = standin.select(USER_INBOX)
         assert (typ, data) == ("NO", [b"[NONEXISTENT] no such mailbox"])
         standin.logout()
+        owner = _login(imap, USER)
+        assert owner.select("INBOX") == ("OK", [b"1"])
+        owner.logout()
 
     await _in_thread(after)
 
