@@ -152,10 +152,12 @@ async def fetch_messages(
     body: bool,
     structure: bool,
     changed_since: int | None = None,
+    reader_id: int | None = None,
 ) -> list[FetchedMessage]:
     """The messages with these UIDs, ascending, in one SELECT (blob and structure joined in
     only when asked for; both decrypted here). `changed_since`: only those whose MODSEQ is
-    greater (rfc/7162 §3.1.4.1 CHANGEDSINCE)."""
+    greater (rfc/7162 §3.1.4.1 CHANGEDSINCE). `reader_id`: a grantee, whose own \\Seen is
+    shown (store.seen)."""
     if not uids:
         return []
     wanted = set(uids)
@@ -164,7 +166,7 @@ async def fetch_messages(
         MessageRow.uid,
         MessageRow.size,
         MessageRow.internal_date,
-        MessageRow.seen,
+        MessageRow.seen if reader_id is None else store_seen.seen_by(reader_id),
         MessageRow.answered,
         MessageRow.flagged,
         MessageRow.deleted,

@@ -951,9 +951,10 @@ class ImapSession:
                 body=fetch_items.needs_body(cmd.items),
                 structure=fetch_items.needs_structure(cmd.items),
                 changed_since=cmd.changed_since,
+                reader_id=None if selected.access is None else self._reader_id(),
             )
-            if selected.access is not None:
-                messages = await self._shared_fetched(session, selected, cmd, messages)
+        if selected.access is not None:
+            self._audit_shared_fetch(selected, cmd, messages)
         seq_of = {u: i + 1 for i, u in enumerate(self.uids)}
         for message in messages:
             items = fetch_items.render(
@@ -983,29 +984,24 @@ class ImapSession:
             await session.commit()
         return set(changed)
 
-    async def _shared_fetched(
-        self,
-        session: AsyncSession,
-        selected: Selected,
-        cmd: Fetch,
-        messages: list[queries.FetchedMessage],
-    ) -> list[queries.FetchedMessage]:
-        """What a grantee's FETCH shows: their own \\Seen; a FETCH returning message
-        content (body, headers, ENVELOPE, BODYSTRUCTURE) is audited, one event with the UIDs."""
-        assert self.account is not None and selected.access is not None
-        states = await shared.reader_view(
-            session, selected.folder_id, self.account.mailbox_id, [m.state for m in messages]
-        )
+    def _reader_id(self) -> int:
+        assert self.account is not None
+        return self.account.mailbox_id
+
+    def _audit_shared_fetch(
+        self, selected: Selected, cmd: Fetch, messages: list[queries.FetchedMessage]
+    ) -> None:
+        """A grantee's FETCH returning message content (body, headers, ENVELOPE,
+        BODYSTRUCTURE) is audited: one event per command, with the UIDs."""
+        assert selected.access is not None
         content = fetch_items.needs_body(cmd.items) or fetch_items.needs_structure(cmd.items)
-        if messages and content:
-            uid_set = ",".join(
-                f"{lo}" if lo == hi else f"{lo}:{hi}" for lo, hi in compress(s.uid for s in states)
-            )
-            self._audit_shared(selected.access, selected.name, "FETCH", Outcome.OK, uids=uid_set)
-        return [
-            queries.FetchedMessage(state, m.raw, m.structure)
-            for state, m in zip(states, messages, strict=True)
-        ]
+        if not messages or not content:
+            return
+        uid_set = ",".join(
+            f"{lo}" if lo == hi else f"{lo}:{hi}"
+            for lo, hi in compress(m.state.uid for m in messages)
+        )
+        self._audit_shared(selected.access, selected.name, "FETCH", Outcome.OK, uids=uid_set)
 
     async def _store(self, cmd: Store) -> None:
         selected = self.selected

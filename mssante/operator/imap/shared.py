@@ -29,8 +29,6 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from mssante.operator.imap import queries
 from mssante.operator.imap.commands import StoreAction
-from mssante.operator.imap.fetch import MessageState
-from mssante.operator.imap.sequence import compress
 from mssante.operator.store import folders as store_folders
 from mssante.operator.store import seen as store_seen
 from mssante.operator.store.crypto import BlobCipher
@@ -164,25 +162,6 @@ async def listing(session: AsyncSession, grantee_id: int) -> list[Located]:
 # --- per-reader \Seen ---------------------------------------------------------------------
 
 
-def with_seen(state: MessageState, seen: bool) -> MessageState:
-    """The message as this reader sees it: the owner's \\Seen replaced by the reader's."""
-    others = tuple(f for f in state.flags if f != SEEN)
-    flags = (SEEN, *others) if seen else others
-    return MessageState(state.uid, state.size, state.internal_date, flags, state.modseq)
-
-
-async def reader_view(
-    session: AsyncSession, folder_id: int, reader_id: int, states: Sequence[MessageState]
-) -> list[MessageState]:
-    """The states with this reader's \\Seen, in one query."""
-    if not states:
-        return []
-    seen = await store_seen.seen_uids(
-        session, folder_id, reader_id, compress(s.uid for s in states)
-    )
-    return [with_seen(s, s.uid in seen) for s in states]
-
-
 async def store_flags(
     session: AsyncSession,
     cipher: BlobCipher,
@@ -222,9 +201,9 @@ async def store_flags(
         wanted = dict.fromkeys(allowed, action is not StoreAction.REMOVE and seen_named)
     changed |= set(await store_seen.set_seen(session, folder_id, reader_id, wanted))
     fetched = await queries.fetch_messages(
-        session, cipher, folder_id, allowed, body=False, structure=False
+        session, cipher, folder_id, allowed, body=False, structure=False, reader_id=reader_id
     )
-    states = await reader_view(session, folder_id, reader_id, [m.state for m in fetched])
+    states = [m.state for m in fetched]
     return queries.StoredFlags(
         flags={s.uid: s.flags for s in states},
         modseqs={s.uid: s.modseq for s in states},
