@@ -34,6 +34,7 @@ from mssante.operator.imap.commands import (
 )
 from mssante.operator.imap.sequence import SequenceSet, compress
 from mssante.operator.store import blobmeta
+from mssante.operator.store import seen as store_seen
 from mssante.operator.store.crypto import BlobCipher
 from mssante.operator.store.messages import parse_flags
 from mssante.operator.store.schema import (
@@ -151,10 +152,12 @@ async def fetch_messages(
     body: bool,
     structure: bool,
     changed_since: int | None = None,
+    reader_id: int | None = None,
 ) -> list[FetchedMessage]:
     """The messages with these UIDs, ascending, in one SELECT (blob and structure joined in
     only when asked for; both decrypted here). `changed_since`: only those whose MODSEQ is
-    greater (rfc/7162 §3.1.4.1 CHANGEDSINCE)."""
+    greater (rfc/7162 §3.1.4.1 CHANGEDSINCE). `reader_id`: a grantee, whose own \\Seen is
+    shown (store.seen)."""
     if not uids:
         return []
     wanted = set(uids)
@@ -163,7 +166,7 @@ async def fetch_messages(
         MessageRow.uid,
         MessageRow.size,
         MessageRow.internal_date,
-        MessageRow.seen,
+        MessageRow.seen if reader_id is None else store_seen.seen_by(reader_id),
         MessageRow.answered,
         MessageRow.flagged,
         MessageRow.deleted,
@@ -254,6 +257,7 @@ class SearchContext:
     """The session's view: `uids` is its snapshot, ascending (sequence number n is uids[n-1])."""
 
     uids: Sequence[int]
+    reader_id: int | None = None  # a grantee: SEEN is their own \\Seen (store.seen)
 
 
 def _set_runs(sequence: SequenceSet, largest: int) -> list[tuple[int, int]]:
@@ -274,6 +278,9 @@ def search_predicate(key: SearchKey, ctx: SearchContext) -> ColumnElement[bool]:
         column = _FLAG_COLUMNS.get(name[2:] if negated else name)
         if column is None:
             raise UnsupportedError(f"search key {name}")
+        if ctx.reader_id is not None and column is MessageRow.seen:
+            mine = store_seen.seen_by(ctx.reader_id)
+            return ~mine if negated else mine
         return column == false() if negated else column.is_(True)
     if isinstance(key, SizeKey):
         if key.field == "LARGER":
@@ -388,8 +395,10 @@ async def store_flags(
     flags: Sequence[str],
     *,
     unchanged_since: int | None = None,
+    keep_seen: bool = False,
 ) -> StoredFlags:
-    """Change the flags of these messages.
+    """Change the flags of these messages (with `keep_seen`, all but \\Seen: a grantee's
+    \\Seen is their own, `shared.store_flags`).
 
     Changed messages get one new MODSEQ, taken from the folder's counter (rfc/7162 §3.1.1:
     greater than any before in the folder). With `unchanged_since`, a message whose MODSEQ
@@ -428,7 +437,11 @@ async def store_flags(
             modified.append(uid)
             continue
         current = flags_of(row[2:8])
-        parsed = parse_flags(_new_flags(current, action, flags))
+        next_flags = _new_flags(current, action, flags)
+        if keep_seen:
+            next_flags = [f for f in next_flags if f.lower() != "\\seen"]
+            next_flags += ["\\Seen"] * bool(row[2])
+        parsed = parse_flags(next_flags)
         new = flags_of(
             (parsed.seen, parsed.answered, parsed.flagged, parsed.deleted, parsed.draft,
              " ".join(parsed.keywords))

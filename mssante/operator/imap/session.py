@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Final, Literal
 
 from mssante.logs import event
 from mssante.operator import mime
-from mssante.operator.imap import auth, queries, quota, responses
+from mssante.operator.imap import auth, queries, quota, responses, shared
 from mssante.operator.imap import fetch as fetch_items
 from mssante.operator.imap.binary import UnknownEncodingError
 from mssante.operator.imap.commands import (
@@ -83,11 +83,12 @@ from mssante.operator.imap.reader import (
     SaslResponse,
     TooBig,
 )
-from mssante.operator.imap.sequence import SequenceSet
+from mssante.operator.imap.sequence import SequenceSet, compress
 from mssante.operator.passwords import verify_async
 from mssante.operator.store import blobmeta, blobs
 from mssante.operator.store import folders as store_folders
 from mssante.operator.store import messages as store_messages
+from mssante.operator.store import seen as store_seen
 from mssante.operator.store.crypto import BlobCipher, SealedBlob, SealedRecord
 from mssante.operator.store.errors import AlreadyExists, StoreError
 from mssante.operator.store.schema import Outcome, SpecialUse, utcnow
@@ -104,6 +105,20 @@ DELIMITER: Final = "/"
 SHARED_PREFIX: Final = "Shared"  # rfc/2342 other users' / shared namespace (issue 4 §5)
 PERMANENT_FLAGS: Final = (*fetch_items.SYSTEM_FLAGS, "\\*")
 MAX_USERNAME: Final = 320  # rfc/5321 §4.5.3.1: the longest address
+STATUS_ITEMS: Final = frozenset(
+    {
+        "MESSAGES",
+        "RECENT",
+        "UIDNEXT",
+        "UIDVALIDITY",
+        "UNSEEN",
+        "DELETED",
+        "SIZE",
+        "APPENDLIMIT",
+        "HIGHESTMODSEQ",  # rfc/7162 §3.1.6
+        "DELETED-STORAGE",  # rfc/9208 §4.2.2
+    }
+)
 
 
 class _LogoutError(Exception):
@@ -116,6 +131,18 @@ class Selected:
     name: str
     uidvalidity: int
     read_only: bool
+    access: shared.Access | None = None  # a folder of another mailbox (shared.py)
+
+
+@dataclass(frozen=True, slots=True)
+class _ListEntry:
+    """A name LIST may show; `located` is None for the \\Noselect levels of the namespace."""
+
+    name: str
+    attributes: tuple[str, ...]
+    subscribed: bool
+    special_use: SpecialUse | None
+    located: shared.Located | None
 
 
 def capabilities(
@@ -142,6 +169,8 @@ def capabilities(
         "IDLE",  # rfc/2177 (in-process wake-ups, plus a poll for other writers: notify.py)
         "MULTIAPPEND",  # rfc/3502 (all messages in one transaction)
         "CONDSTORE",  # rfc/7162 §3.1 (MODSEQ, CHANGEDSINCE, UNCHANGEDSINCE; no QRESYNC)
+        "LIST-EXTENDED",  # rfc/5258 (selection and return options, several patterns)
+        "LIST-STATUS",  # rfc/5819 (LIST … RETURN (STATUS (…)))
         f"APPENDLIMIT={append_limit}",  # rfc/7889 (the reader's max_literal)
         "BINARY",  # rfc/3516 (FETCH BINARY[…], BINARY.SIZE, APPEND ~{N}: binary.py)
         "QUOTA",  # rfc/9208 (GETQUOTA, GETQUOTAROOT; SETQUOTA refused: quota.py)
@@ -431,7 +460,7 @@ class ImapSession:
         elif isinstance(cmd, Close):
             # rfc/3501 §6.4.2: expunge silently, unless read-only.
             selected = self.selected
-            if not selected.read_only:
+            if not selected.read_only and await self._close_expunges(selected):
                 await self._remove_deleted(selected, None, announce=False)
             self._deselect()
             await self._send(responses.tagged(tag, "OK", "CLOSE completed"))
@@ -574,10 +603,87 @@ class ImapSession:
 
     # --- folders ------------------------------------------------------------------------------
 
-    async def _folders(self) -> list[store_folders.Folder]:
+    async def _folders(self, mailbox_id: int | None = None) -> list[store_folders.Folder]:
         assert self.account is not None
         async with self.server.store.read_session() as session:
-            return await store_folders.list_folders(session, self.account.mailbox_id)
+            return await store_folders.list_folders(
+                session, self.account.mailbox_id if mailbox_id is None else mailbox_id
+            )
+
+    # --- shared and delegated mailboxes (shared.py) ---------------------------------------------
+
+    async def _locate(self, name: str, command: str) -> shared.Located | None:
+        """A folder a client names, its own or a shared one. A shared name the user may not see
+        is None, exactly like a missing name (no existence leak), and the attempt is audited."""
+        assert self.account is not None
+        if not shared.in_namespace(name):
+            folder = await self._find_folder(name)
+            return None if folder is None else shared.Located(folder, folder.name, None)
+        async with self.server.store.read_session() as session:
+            located = await shared.locate(session, self.account.mailbox_id, name)
+        if located is None:
+            self._audit_shared(None, name, command, Outcome.REFUSED, reason="no_access")
+        return located
+
+    def _audit_shared(
+        self,
+        access: shared.Access | None,
+        folder: str,
+        command: str,
+        outcome: Outcome,
+        **details: object,
+    ) -> None:
+        """One event per delegate access or refusal (issue 4 §5): who, whose mailbox, which
+        folder, which command, and the outcome."""
+        assert self.account is not None
+        self.server.audit(
+            self, "imap.shared", outcome,
+            {"user": self.account.address,
+             "owner": access.owner_address if access is not None else None,
+             "folder": folder, "command": command, **details},
+        )  # fmt: skip
+
+    async def _shared_write(
+        self, tag: str, access: shared.Access, write: shared.Write | None, folder: str
+    ) -> shared.Access | None:
+        """Re-read the grant before a write into another mailbox; answer NO [NOPERM]
+        (rfc/5530 §3) and audit when refused. `write` None: a change of the user's own
+        \\Seen, which any access allows. The current access, or None when refused."""
+        assert self.account is not None
+        command = write.value if write is not None else "STORE"
+        async with self.server.store.read_session() as session:
+            current = await shared.access_to(session, self.account.mailbox_id, access.owner_id)
+        text: str | None
+        if current is None:
+            text = f"{command} refused: access to {access.owner_address} was withdrawn"
+        else:
+            text = shared.refusal(current, write) if write is not None else None
+        if text is not None:
+            self._audit_shared(access, folder, command, Outcome.REFUSED, reason="no_right")
+            await self._send(responses.tagged(tag, "NO", text, responses.NOPERM))
+            return None
+        self._audit_shared(current, folder, command, Outcome.OK)
+        return current
+
+    async def _close_expunges(self, selected: Selected) -> bool:
+        """Whether CLOSE may expunge (rfc/3501 §6.4.2: silently): in a shared folder only with
+        write access, read again now; when it may, the write is audited."""
+        assert self.account is not None
+        if selected.access is None:
+            return True
+        async with self.server.store.read_session() as session:
+            current = await shared.access_to(
+                session, self.account.mailbox_id, selected.access.owner_id
+            )
+        if current is None or not current.can_write:
+            return False
+        self._audit_shared(current, selected.name, "CLOSE", Outcome.OK)
+        return True
+
+    def _owner_id(self, selected: Selected) -> int:
+        """The mailbox the selected folder belongs to (its quota and its counters)."""
+        assert self.account is not None
+        return self.account.mailbox_id if selected.access is None else selected.access.owner_id
 
     async def _list(
         self,
@@ -588,46 +694,84 @@ class ImapSession:
         *,
         subscribed_only: bool,
     ) -> None:
-        if cmd is not None and (
-            cmd.selection - {"SPECIAL-USE", "SUBSCRIBED"} or cmd.return_status is not None
-        ):
-            await self._no_cannot(tag, "LIST-EXTENDED options are not implemented yet")
-            return
         verb: Literal["LIST", "LSUB"] = "LSUB" if subscribed_only else "LIST"
         if all(p == "" for p in patterns):
             # rfc/3501 §6.3.8: the delimiter and the root of the reference.
             out = responses.list_item(["\\Noselect"], DELIMITER, "", command=verb)
             await self._send(out, responses.tagged(tag, "OK", f"{verb} completed"))
             return
-        entries = await self._folders()
-        names = {f.name for f in entries}
-        lines: list[bytes] = []
-        special_only = cmd is not None and "SPECIAL-USE" in cmd.selection
+        if cmd is not None and cmd.return_status is not None:
+            unknown = set(cmd.return_status) - STATUS_ITEMS
+            if unknown:
+                await self._no_cannot(tag, f"STATUS {sorted(unknown)[0]} is not implemented yet")
+                return
+        selection = cmd.selection if cmd is not None else frozenset()
         # rfc/5258 §3.1: the SUBSCRIBED selection implies the SUBSCRIBED return option.
-        if cmd is not None and "SUBSCRIBED" in cmd.selection:
-            subscribed_only = True
-        show_subscribed = cmd is not None and (subscribed_only or cmd.return_subscribed)
-        for folder in entries:
-            if subscribed_only and not folder.subscribed:
+        by_subscription = subscribed_only or "SUBSCRIBED" in selection
+        special_only = "SPECIAL-USE" in selection
+        show_subscribed = cmd is not None and (by_subscription or cmd.return_subscribed)
+        entries = await self._list_entries()
+
+        def meets(entry: _ListEntry) -> bool:
+            if by_subscription and not entry.subscribed:
+                return False
+            return not (special_only and entry.special_use is None)
+
+        lines: list[bytes] = []
+        status_of: list[tuple[int, shared.Located]] = []
+        for entry in entries:
+            if not any(_wildcard_match(reference + p, entry.name) for p in patterns if p):
                 continue
-            if special_only and folder.special_use is None:
+            descendants = [e for e in entries if e.name.startswith(entry.name + DELIMITER)]
+            # rfc/5258 §3.5: with RECURSIVEMATCH a parent whose descendant meets the selection
+            # is returned with CHILDINFO, even when the descendant does not match the pattern.
+            childinfo = "RECURSIVEMATCH" in selection and any(meets(d) for d in descendants)
+            if not meets(entry) and not childinfo:
                 continue
-            if not any(_wildcard_match(reference + p, folder.name) for p in patterns if p):
-                continue
-            children = any(n.startswith(folder.name + DELIMITER) for n in names)
-            attrs = ["\\HasChildren" if children else "\\HasNoChildren"]
-            if folder.special_use is not None:
-                attrs.append(folder.special_use.value)
-            if show_subscribed and folder.subscribed:
+            attrs = list(entry.attributes)
+            attrs.append("\\HasChildren" if descendants else "\\HasNoChildren")
+            if entry.special_use is not None:
+                attrs.append(entry.special_use.value)
+            if show_subscribed and entry.subscribed:
                 attrs.append("\\Subscribed")
-            lines.append(responses.list_item(attrs, DELIMITER, folder.name, command=verb))
-        if not special_only and any(
-            _wildcard_match(reference + p, SHARED_PREFIX) for p in patterns if p
-        ):
-            # The shared namespace's root (rfc/2342): empty until shared mailboxes arrive.
-            attrs = ["\\Noselect", "\\HasNoChildren"]
-            lines.append(responses.list_item(attrs, DELIMITER, SHARED_PREFIX, command=verb))
+            line = responses.list_item(attrs, DELIMITER, entry.name, command=verb)
+            if childinfo:
+                criteria = [c for c in ("SUBSCRIBED", "SPECIAL-USE") if c in selection]
+                info = " ".join(f'"{c}"' for c in criteria)
+                line = line[:-2] + f' ("CHILDINFO" ({info}))'.encode() + b"\r\n"
+            lines.append(line)
+            if entry.located is not None and cmd is not None and cmd.return_status is not None:
+                status_of.append((len(lines), entry.located))
+        if cmd is not None and cmd.return_status is not None:
+            # rfc/5819 §2: the STATUS of each selectable mailbox right after its LIST item.
+            for index, located in reversed(status_of):
+                values = await self._status_values(located, cmd.return_status)
+                lines.insert(index, responses.status(located.name, values))
         await self._send(*lines, responses.tagged(tag, "OK", f"{verb} completed"))
+
+    async def _list_entries(self) -> list[_ListEntry]:
+        """Every name LIST can show: the user's folders, then the shared namespace: `Shared`,
+        `Shared/<address>` of each mailbox granted (both \\Noselect) and its folders."""
+        assert self.account is not None
+        own = [
+            _ListEntry(f.name, (), f.subscribed, f.special_use, shared.Located(f, f.name, None))
+            for f in await self._folders()
+        ]
+        async with self.server.store.read_session() as session:
+            others = await shared.listing(session, self.account.mailbox_id)
+        noselect = ("\\Noselect",)
+        out = [*own, _ListEntry(SHARED_PREFIX, noselect, False, None, None)]
+        owner: int | None = None
+        for located in others:
+            assert located.access is not None
+            if located.access.owner_id != owner:
+                owner = located.access.owner_id
+                root = shared.DELIMITER.join((SHARED_PREFIX, located.access.owner_address))
+                out.append(_ListEntry(root, noselect, False, None, None))
+            # Shared folders count as subscribed: the subscription flag is the owner's. No
+            # special-use: another mailbox's Sent is not this user's Sent (rfc/6154 §2).
+            out.append(_ListEntry(located.name, (), True, None, located))
+        return out
 
     async def _find_folder(self, name: str) -> store_folders.Folder | None:
         try:
@@ -640,53 +784,55 @@ class ImapSession:
         return None
 
     async def _status(self, cmd: Status) -> None:
-        unknown = set(cmd.items) - {
-            "MESSAGES",
-            "RECENT",
-            "UIDNEXT",
-            "UIDVALIDITY",
-            "UNSEEN",
-            "DELETED",
-            "SIZE",
-            "APPENDLIMIT",
-            "HIGHESTMODSEQ",  # rfc/7162 §3.1.6
-            "DELETED-STORAGE",  # rfc/9208 §4.2.2
-        }
+        unknown = set(cmd.items) - STATUS_ITEMS
         if unknown:
             await self._no_cannot(cmd.tag, f"STATUS {sorted(unknown)[0]} is not implemented yet")
             return
-        folder = await self._find_folder(cmd.mailbox)
-        if folder is None:
+        located = await self._locate(cmd.mailbox, "STATUS")
+        if located is None:
             await self._send(
                 responses.tagged(cmd.tag, "NO", "no such mailbox", responses.NONEXISTENT)
             )
             return
+        if "HIGHESTMODSEQ" in cmd.items:
+            self.condstore = True  # rfc/7162 §3.1: a CONDSTORE-enabling command
+        items = await self._status_values(located, cmd.items)
+        await self._send(
+            responses.status(located.name, items),
+            responses.tagged(cmd.tag, "OK", "STATUS completed"),
+        )
+
+    async def _status_values(
+        self, located: shared.Located, wanted: Sequence[str]
+    ) -> list[tuple[str, int]]:
+        """STATUS items of a folder (STATUS, LIST RETURN (STATUS …) of rfc/5819)."""
+        assert self.account is not None
+        folder = located.folder
         async with self.server.store.read_session() as session:
             counts = await queries.folder_counts(session, folder.id)
             deleted_storage = (
                 await quota.deleted_storage(session, folder.id)
-                if "DELETED-STORAGE" in cmd.items
+                if "DELETED-STORAGE" in wanted
                 else 0
             )
+            current = await store_folders.get_folder_by_id(session, folder.id)
+            if located.access is not None:  # the grantee's own \\Seen (shared.py)
+                unseen = await store_seen.unseen_count(session, folder.id, self.account.mailbox_id)
+                counts = queries.FolderCounts(counts.messages, unseen, counts.deleted, counts.size)
+                self._audit_shared(located.access, located.name, "STATUS", Outcome.OK)
         values = {
             "MESSAGES": counts.messages,
             "RECENT": 0,  # \Recent is not kept (rfc/9051 removed it)
-            "UIDNEXT": folder.uidnext,
-            "UIDVALIDITY": folder.uidvalidity,
+            "UIDNEXT": current.uidnext,
+            "UIDVALIDITY": current.uidvalidity,
             "UNSEEN": counts.unseen,
             "DELETED": counts.deleted,
             "SIZE": counts.size,
             "APPENDLIMIT": self.server.limits.max_literal,  # rfc/7889 §3: same for every folder
-            "HIGHESTMODSEQ": folder.highest_modseq,
+            "HIGHESTMODSEQ": current.highest_modseq,
             "DELETED-STORAGE": deleted_storage,
         }
-        if "HIGHESTMODSEQ" in cmd.items:
-            self.condstore = True  # rfc/7162 §3.1: a CONDSTORE-enabling command
-        items = [(item, values[item]) for item in cmd.items]
-        await self._send(
-            responses.status(folder.name, items),
-            responses.tagged(cmd.tag, "OK", "STATUS completed"),
-        )
+        return [(item, values[item]) for item in wanted]
 
     def _deselect(self) -> None:
         self.selected = None
@@ -697,17 +843,34 @@ class ImapSession:
         if cmd.qresync is not None:
             await self._no_cannot(cmd.tag, "QRESYNC is not implemented yet")
             return
-        folder = await self._find_folder(cmd.mailbox)
-        if folder is None:
+        assert self.account is not None
+        located = await self._locate(cmd.mailbox, "EXAMINE" if cmd.read_only else "SELECT")
+        if located is None:
             await self._send(
                 responses.tagged(cmd.tag, "NO", "no such mailbox", responses.NONEXISTENT)
             )
             return
+        folder, access = located.folder, located.access
         async with self.server.store.read_session() as session:
             uids = await queries.folder_uids(session, folder.id)
-            first_unseen = await queries.first_unseen_uid(session, folder.id)
+            if access is None:
+                first_unseen = await queries.first_unseen_uid(session, folder.id)
+            else:
+                first_unseen = await store_seen.first_unseen_uid(
+                    session, folder.id, self.account.mailbox_id
+                )
             current = await store_folders.get_folder_by_id(session, folder.id)
-        self.selected = Selected(folder.id, folder.name, current.uidvalidity, cmd.read_only)
+        self.selected = Selected(
+            folder.id, located.name, current.uidvalidity, cmd.read_only, access
+        )
+        if access is not None:
+            self._audit_shared(
+                access, located.name, "EXAMINE" if cmd.read_only else "SELECT", Outcome.OK,
+                rights="read-write" if access.can_write else "read",
+            )  # fmt: skip
+        permanent: tuple[str, ...] = () if cmd.read_only else PERMANENT_FLAGS
+        if access is not None and not access.can_write and not cmd.read_only:
+            permanent = (shared.SEEN,)  # a read-only grantee keeps only their own \Seen
         self.uids = uids
         out = [
             responses.flags(fetch_items.SYSTEM_FLAGS),
@@ -726,7 +889,7 @@ class ImapSession:
             responses.untagged(
                 "OK",
                 "flags permitted",
-                responses.permanentflags(() if cmd.read_only else PERMANENT_FLAGS),
+                responses.permanentflags(permanent),
             ),
         ]
         if cmd.condstore:
@@ -793,7 +956,9 @@ class ImapSession:
             self.condstore = True  # rfc/7162 §3.1: a CONDSTORE-enabling command
         store = self.server.store
         flags_changed: set[int] = set()
-        if fetch_items.sets_seen(cmd.items) and not selected.read_only and uids:
+        if selected.access is not None:
+            flags_changed = await self._shared_fetch_seen(selected, cmd, uids)
+        elif fetch_items.sets_seen(cmd.items) and not selected.read_only and uids:
             async with store.session() as session:
                 before = await queries.fetch_messages(
                     session, store.cipher, selected.folder_id, uids, body=False, structure=False
@@ -814,7 +979,10 @@ class ImapSession:
                 body=fetch_items.needs_body(cmd.items),
                 structure=fetch_items.needs_structure(cmd.items),
                 changed_since=cmd.changed_since,
+                reader_id=None if selected.access is None else self._reader_id(),
             )
+        if selected.access is not None:
+            self._audit_shared_fetch(selected, cmd, messages)
         seq_of = {u: i + 1 for i, u in enumerate(self.uids)}
         for message in messages:
             try:
@@ -845,6 +1013,37 @@ class ImapSession:
             await self.writer.drain()
         await self._send(responses.tagged(cmd.tag, "OK", "FETCH completed"))
 
+    async def _shared_fetch_seen(self, selected: Selected, cmd: Fetch, uids: list[int]) -> set[int]:
+        """The implicit \\Seen of a body FETCH (rfc/3501 §6.4.5) by a grantee: their own."""
+        assert self.account is not None and selected.access is not None
+        if not fetch_items.sets_seen(cmd.items) or selected.read_only or not uids:
+            return set()
+        async with self.server.store.session() as session:
+            changed = await store_seen.set_seen(
+                session, selected.folder_id, self.account.mailbox_id, dict.fromkeys(uids, True)
+            )
+            await session.commit()
+        return set(changed)
+
+    def _reader_id(self) -> int:
+        assert self.account is not None
+        return self.account.mailbox_id
+
+    def _audit_shared_fetch(
+        self, selected: Selected, cmd: Fetch, messages: list[queries.FetchedMessage]
+    ) -> None:
+        """A grantee's FETCH returning message content (body, headers, ENVELOPE,
+        BODYSTRUCTURE) is audited: one event per command, with the UIDs."""
+        assert selected.access is not None
+        content = fetch_items.needs_body(cmd.items) or fetch_items.needs_structure(cmd.items)
+        if not messages or not content:
+            return
+        uid_set = ",".join(
+            f"{lo}" if lo == hi else f"{lo}:{hi}"
+            for lo, hi in compress(m.state.uid for m in messages)
+        )
+        self._audit_shared(selected.access, selected.name, "FETCH", Outcome.OK, uids=uid_set)
+
     async def _store(self, cmd: Store) -> None:
         selected = self.selected
         assert selected is not None
@@ -861,17 +1060,39 @@ class ImapSession:
             return
         # \Recent is the server's (rfc/3501 §2.3.2): a client cannot set or clear it.
         flags = [f for f in cmd.flags if f.lower() != "\\recent"]
+        access = selected.access
+        if access is not None:
+            only_seen = all(f.lower() == shared.SEEN.lower() for f in flags)
+            # FLAGS (\Seen) by a read-only grantee replaces their own \Seen alone (shared.py).
+            write = None if only_seen else shared.Write.FLAGS
+            access = await self._shared_write(cmd.tag, access, write, selected.name)
+            if access is None:
+                return
         store = self.server.store
         async with store.session() as session:
             try:
-                result = await queries.store_flags(
-                    session,
-                    selected.folder_id,
-                    uids,
-                    cmd.action,
-                    flags,
-                    unchanged_since=cmd.unchanged_since,
-                )
+                if access is not None:
+                    assert self.account is not None
+                    result = await shared.store_flags(
+                        session,
+                        store.cipher,
+                        selected.folder_id,
+                        self.account.mailbox_id,
+                        uids,
+                        cmd.action,
+                        flags,
+                        can_write=access.can_write,
+                        unchanged_since=cmd.unchanged_since,
+                    )
+                else:
+                    result = await queries.store_flags(
+                        session,
+                        selected.folder_id,
+                        uids,
+                        cmd.action,
+                        flags,
+                        unchanged_since=cmd.unchanged_since,
+                    )
             except ValueError as exc:
                 await self._bad(
                     cmd.tag, f"invalid flag: {exc}"[:200].replace("\r", " ").replace("\n", " ")
@@ -919,7 +1140,9 @@ class ImapSession:
                 )
             )
             return
-        ctx = queries.SearchContext(tuple(self.uids))
+        account = self.account
+        reader = None if selected.access is None or account is None else account.mailbox_id
+        ctx = queries.SearchContext(tuple(self.uids), reader_id=reader)
         with_modseq = any(_has_modseq(k) for k in cmd.criteria)
         if with_modseq:
             self.condstore = True  # rfc/7162 §3.1: a CONDSTORE-enabling command
@@ -951,6 +1174,10 @@ class ImapSession:
                 responses.tagged(cmd.tag, "NO", "mailbox is read-only", responses.READ_ONLY)
             )
             return
+        if selected.access is not None and not await self._shared_write(
+            cmd.tag, selected.access, shared.Write.EXPUNGE, selected.name
+        ):
+            return
         only: list[int] | None = None
         if cmd.uids is not None:  # rfc/4315 §2.1: only these UIDs, if \Deleted
             only = self._target_uids(cmd.uids, True)
@@ -968,7 +1195,7 @@ class ImapSession:
             gone = await queries.expunge(
                 session,
                 selected.folder_id,
-                self.account.mailbox_id,
+                self._owner_id(selected),
                 only if only is not None else self.uids,
             )
             await session.commit()
@@ -996,13 +1223,43 @@ class ImapSession:
             return None
         return name
 
+    async def _shared_target(
+        self, tag: str, raw: str, write: shared.Write
+    ) -> tuple[int, str] | None:
+        """(owner mailbox id, folder name) of a folder to create or rename to in the shared
+        namespace, rights checked. A name under a mailbox the user may not see is answered as
+        an invalid name, like one under no mailbox at all."""
+        assert self.account is not None
+        parts = shared.split(raw.removesuffix(DELIMITER))
+        access = None
+        if parts is not None:
+            async with self.server.store.read_session() as session:
+                for candidate in await shared.accesses(session, self.account.mailbox_id):
+                    if candidate.owner_address == parts[0]:
+                        access = candidate
+        if parts is None or access is None:
+            self._audit_shared(None, raw, write.value, Outcome.REFUSED, reason="no_access")
+            await self._no_cannot(tag, "invalid mailbox name")
+            return None
+        if not await self._shared_write(tag, access, write, raw):
+            return None
+        return access.owner_id, parts[1]
+
     async def _create(self, cmd: Create) -> None:
         assert self.account is not None
         # rfc/3501 §6.3.3: a trailing delimiter says children will be created under it.
-        name = self._own_name(cmd.mailbox.removesuffix(DELIMITER))
-        if name is None:
-            await self._no_cannot(cmd.tag, "invalid mailbox name")
-            return
+        mailbox_id = self.account.mailbox_id
+        if shared.in_namespace(cmd.mailbox):
+            target = await self._shared_target(cmd.tag, cmd.mailbox, shared.Write.CREATE)
+            if target is None:
+                return
+            mailbox_id, name = target
+        else:
+            own = self._own_name(cmd.mailbox.removesuffix(DELIMITER))
+            if own is None:
+                await self._no_cannot(cmd.tag, "invalid mailbox name")
+                return
+            name = own
         special: SpecialUse | None = None
         if cmd.special_use:
             by_lower = {s.value.lower(): s for s in SpecialUse}
@@ -1015,9 +1272,7 @@ class ImapSession:
                 return
             special = by_lower[cmd.special_use[0].lower()]
         async with self.server.store.session() as session:
-            names = {
-                f.name for f in await store_folders.list_folders(session, self.account.mailbox_id)
-            }
+            names = {f.name for f in await store_folders.list_folders(session, mailbox_id)}
             if name in names:
                 await self._send(
                     responses.tagged(cmd.tag, "NO", "mailbox exists", responses.ALREADYEXISTS)
@@ -1026,10 +1281,8 @@ class ImapSession:
             try:
                 for parent in _parents(name):  # rfc/3501 §6.3.3: create the levels above
                     if parent not in names:
-                        await store_folders.create_folder(session, self.account.mailbox_id, parent)
-                await store_folders.create_folder(
-                    session, self.account.mailbox_id, name, special_use=special
-                )
+                        await store_folders.create_folder(session, mailbox_id, parent)
+                await store_folders.create_folder(session, mailbox_id, name, special_use=special)
             except AlreadyExists:
                 await self._send(
                     responses.tagged(cmd.tag, "NO", "mailbox exists", responses.ALREADYEXISTS)
@@ -1040,32 +1293,48 @@ class ImapSession:
 
     async def _delete(self, cmd: Delete) -> None:
         assert self.account is not None
-        folder = await self._find_folder(cmd.mailbox)
-        if folder is None:
+        located = await self._locate(cmd.mailbox, "DELETE")
+        if located is None:
             await self._nonexistent(cmd.tag)
+            return
+        folder = located.folder
+        if located.access is not None and not await self._shared_write(
+            cmd.tag, located.access, shared.Write.DELETE, located.name
+        ):
             return
         if folder.name == store_folders.INBOX:
             await self._no_cannot(cmd.tag, "INBOX cannot be deleted")
             return
-        if any(f.name.startswith(folder.name + DELIMITER) for f in await self._folders()):
+        siblings = await self._folders(folder.mailbox_id)
+        if any(f.name.startswith(folder.name + DELIMITER) for f in siblings):
             # rfc/9051 §6.3.4: we keep no \Noselect folders, so one with children stays.
             await self._send(
                 responses.tagged(cmd.tag, "NO", "mailbox has children", responses.HASCHILDREN)
             )
             return
         async with self.server.store.session() as session:
-            await queries.delete_folder(session, folder.id, self.account.mailbox_id)
+            await queries.delete_folder(session, folder.id, folder.mailbox_id)
             await session.commit()
         self.server.notifier.publish(folder.id)
         await self._send(responses.tagged(cmd.tag, "OK", "DELETE completed"))
 
     async def _rename(self, cmd: Rename) -> None:
         assert self.account is not None
-        source = await self._find_folder(cmd.source)
-        if source is None:
+        located = await self._locate(cmd.source, "RENAME")
+        if located is None:
             await self._nonexistent(cmd.tag)
             return
-        destination = self._own_name(cmd.destination.removesuffix(DELIMITER))
+        source = located.folder
+        mailbox_id = source.mailbox_id
+        destination: str | None
+        if located.access is None:
+            destination = self._own_name(cmd.destination.removesuffix(DELIMITER))
+        else:
+            # Within the same shared mailbox only: folders do not change hands.
+            target = await self._shared_target(cmd.tag, cmd.destination, shared.Write.RENAME)
+            if target is None:
+                return
+            destination = target[1] if target[0] == mailbox_id else None
         if destination is None or destination.startswith(source.name + DELIMITER):
             await self._no_cannot(cmd.tag, "invalid new name")
             return
@@ -1073,7 +1342,7 @@ class ImapSession:
             await self._no_cannot(cmd.tag, "renaming INBOX is not implemented")
             return
         async with self.server.store.session() as session:
-            entries = await store_folders.list_folders(session, self.account.mailbox_id)
+            entries = await store_folders.list_folders(session, mailbox_id)
             moved = [
                 (f.id, destination + f.name[len(source.name) :])
                 for f in entries
@@ -1090,15 +1359,24 @@ class ImapSession:
             await queries.rename_folders(session, moved)
             for parent in _parents(destination):
                 if parent not in staying:
-                    await store_folders.create_folder(session, self.account.mailbox_id, parent)
+                    await store_folders.create_folder(session, mailbox_id, parent)
             await session.commit()
         await self._send(responses.tagged(cmd.tag, "OK", "RENAME completed"))
 
     async def _subscribe(self, cmd: Subscribe | Unsubscribe) -> None:
-        folder = await self._find_folder(cmd.mailbox)
         verb = type(cmd).__name__.upper()
-        if folder is None:
+        located = await self._locate(cmd.mailbox, verb)
+        if located is None:
             await self._nonexistent(cmd.tag)
+            return
+        folder = located.folder
+        if located.access is not None:
+            # The subscription flag is the owner's: shared folders are always listed as
+            # subscribed (shared.py), so SUBSCRIBE has nothing to do and UNSUBSCRIBE cannot.
+            if isinstance(cmd, Unsubscribe):
+                await self._no_cannot(cmd.tag, "shared folders are always subscribed")
+            else:
+                await self._send(responses.tagged(cmd.tag, "OK", f"{verb} completed"))
             return
         async with self.server.store.session() as session:
             await queries.set_subscribed(session, folder.id, isinstance(cmd, Subscribe))
@@ -1116,9 +1394,14 @@ class ImapSession:
             return usage.quota_bytes
         return self.server.settings.storage.default_quota_bytes
 
-    async def _over_quota(self, session: AsyncSession, added: int) -> bool:
+    async def _over_quota(
+        self, session: AsyncSession, added: int, mailbox_id: int | None = None
+    ) -> bool:
+        """Over the quota of `mailbox_id` (the owner's for a shared folder), else the user's."""
         assert self.account is not None
-        usage = await queries.mailbox_usage(session, self.account.mailbox_id)
+        usage = await queries.mailbox_usage(
+            session, self.account.mailbox_id if mailbox_id is None else mailbox_id
+        )
         limit = self._quota_limit(usage)
         return limit > 0 and usage.used_bytes + added > limit
 
@@ -1128,12 +1411,17 @@ class ImapSession:
 
     async def _append(self, cmd: Append) -> None:
         """rfc/3501 §6.3.11, rfc/3502 (several messages, all or none), rfc/4315 APPENDUID."""
-        folder = await self._find_folder(cmd.mailbox)
-        if folder is None:
+        located = await self._locate(cmd.mailbox, "APPEND")
+        if located is None:
             # rfc/3501 §6.3.11: TRYCREATE when creating the mailbox would help.
             await self._send(
                 responses.tagged(cmd.tag, "NO", "no such mailbox", responses.TRYCREATE)
             )
+            return
+        folder = located.folder
+        if located.access is not None and not await self._shared_write(
+            cmd.tag, located.access, shared.Write.APPEND, located.name
+        ):
             return
         if any(not m.data for m in cmd.messages):
             await self._bad(cmd.tag, "empty message")
@@ -1153,7 +1441,7 @@ class ImapSession:
         sealed = await asyncio.to_thread(lambda: [seal_message(cipher, d) for d in datas])
         now = utcnow()
         async with store.session() as session:
-            if await self._over_quota(session, sum(len(d) for d in datas)):
+            if await self._over_quota(session, sum(len(d) for d in datas), folder.mailbox_id):
                 await self._overquota(cmd.tag)
                 return
             stored_blobs = await blobs.put_sealed_blobs(
@@ -1205,16 +1493,38 @@ class ImapSession:
         if uids is None:
             await self._no_cannot(cmd.tag, "$ is not implemented yet")
             return
-        target = await self._find_folder(cmd.mailbox)
-        if target is None:
+        located = await self._locate(cmd.mailbox, verb)
+        if located is None:
             await self._send(
                 responses.tagged(cmd.tag, "NO", "no such mailbox", responses.TRYCREATE)
             )
             return
+        target = located.folder
+        if (
+            move
+            and selected.access is not None
+            and not await self._shared_write(
+                cmd.tag, selected.access, shared.Write.MOVE, selected.name
+            )
+        ):
+            return
+        if located.access is not None and not await self._shared_write(
+            cmd.tag, located.access, shared.Write.COPY_INTO, located.name
+        ):
+            return
         async with self.server.store.session() as session:
             sources = await queries.copy_sources(session, selected.folder_id, uids)
+            if selected.access is not None:
+                sources = await self._shared_copy_sources(session, selected, sources)
             added = sum(s.size for s in sources)
-            if sources and not move and await self._over_quota(session, added):
+            # Within one mailbox a MOVE does not change its usage; otherwise the target's
+            # owner pays (rfc/9208 would call it the target's quota root).
+            same_mailbox = target.mailbox_id == self._owner_id(selected)
+            if (
+                sources
+                and not (move and same_mailbox)
+                and await self._over_quota(session, added, target.mailbox_id)
+            ):
                 await self._overquota(cmd.tag)
                 return
             stored = await store_messages.append_messages(
@@ -1233,7 +1543,7 @@ class ImapSession:
             gone: list[int] = []
             if move:
                 gone = await queries.remove_messages(
-                    session, selected.folder_id, self.account.mailbox_id, [s.uid for s in sources]
+                    session, selected.folder_id, self._owner_id(selected), [s.uid for s in sources]
                 )
             await session.commit()
         if not sources:
@@ -1261,6 +1571,21 @@ class ImapSession:
             await self._send(responses.tagged(cmd.tag, "OK", "MOVE completed"))
         else:
             await self._send(responses.tagged(cmd.tag, "OK", "COPY completed", code))
+
+    async def _shared_copy_sources(
+        self, session: AsyncSession, selected: Selected, sources: list[queries.CopySource]
+    ) -> list[queries.CopySource]:
+        """A copy out of a shared folder carries the grantee's own \\Seen."""
+        assert self.account is not None
+        seen = await store_seen.seen_uids(
+            session, selected.folder_id, self.account.mailbox_id, compress(s.uid for s in sources)
+        )
+        out: list[queries.CopySource] = []
+        for s in sources:
+            others = tuple(f for f in s.flags if f != shared.SEEN)
+            flags = (shared.SEEN, *others) if s.uid in seen else others
+            out.append(queries.CopySource(s.uid, s.blob_id, s.size, s.internal_date, flags))
+        return out
 
     # --- IDLE (rfc/2177, rfc/9051 §6.3.13) -------------------------------------------------------
 

@@ -352,6 +352,24 @@ class MessageRow(Base):
     created_at: Mapped[datetime] = mapped_column(UtcDateTime(), default=utcnow)
 
 
+class PrivateSeenRow(Base):
+    """\\Seen of a message in another holder's mailbox, kept per reader (issue 4 §5).
+
+    A delegate or an ORG member reading a shared mailbox has their own read state; the owner's
+    stays in `messages.seen`. A row means "seen by this reader"; no row, not seen.
+    """
+
+    __tablename__ = "private_seen"
+    __table_args__ = (Index("ix_private_seen_reader_id", "reader_id"),)
+
+    message_id: Mapped[int] = mapped_column(
+        BigInteger, ForeignKey("messages.id", ondelete="CASCADE"), primary_key=True
+    )
+    reader_id: Mapped[int] = mapped_column(
+        BigInteger, ForeignKey("mailboxes.id", ondelete="CASCADE"), primary_key=True
+    )
+
+
 class ExpungedRow(Base):
     """UIDs removed from a folder and the MODSEQ of their removal: QRESYNC VANISHED (RFC 7162)."""
 
