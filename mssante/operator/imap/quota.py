@@ -9,7 +9,8 @@ Decisions where the RFC leaves room:
 - One quota root per account, named `""` (the account's whole personal namespace shares one
   limit). It exists only while a limit applies: with none (0), GETQUOTAROOT lists no root (the
   rfc/9208 §4.1.2 form for a mailbox without quota) and GETQUOTA "" is `NO [NONEXISTENT]`, as
-  is any other root name.
+  is any other root name. A shared mailbox's folders (`Shared/<owner>/…`) are governed by
+  their owner's quota, root `Shared/<owner>`, visible only to its grantees.
 - STORAGE is in units of 1024 octets (rfc/9208 §5.1): the usage rounded up (a 1-octet message
   uses 1), the limit rounded down, so a client never believes there is more room than there is.
 - SETQUOTA is refused with `NO [NOPERM]`: quotas are set by the operator (`mssante mailbox
@@ -25,7 +26,7 @@ from typing import TYPE_CHECKING, Final
 
 from sqlalchemy import func, select
 
-from mssante.operator.imap import queries, responses
+from mssante.operator.imap import queries, responses, shared
 from mssante.operator.imap.commands import GetQuota, GetQuotaRoot, SetQuota
 from mssante.operator.store.schema import MessageRow
 
@@ -41,14 +42,30 @@ STORAGE_UNIT: Final = 1024  # rfc/9208 §5.1: STORAGE counts units of 1024 octet
 def quota_root(mailbox: str) -> str | None:
     """The quota root governing a mailbox name (which need not exist, rfc/9208 §4.1.2), or None.
 
-    The user's own folders share the account's root. Names in the shared namespace have none
-    for now; when shared mailboxes arrive, `Shared/<owner>/…` resolves here to its owner's root.
+    The user's own folders share the account's root `""`. A shared mailbox's folders
+    (`Shared/<owner>/…`) count against their owner's quota, so their root is
+    `Shared/<owner>`; whether this user may see it is checked by `_owner_of`.
     """
-    from mssante.operator.imap.session import DELIMITER, SHARED_PREFIX  # session imports us
+    if not shared.in_namespace(mailbox):
+        return ROOT
+    parts = mailbox.split(shared.DELIMITER, 2)
+    if len(parts) < 2 or not parts[1]:
+        return None  # the namespace root itself
+    return shared.DELIMITER.join((shared.PREFIX, parts[1].lower()))
 
-    if mailbox == SHARED_PREFIX or mailbox.startswith(SHARED_PREFIX + DELIMITER):
+
+async def _owner_of(imap: ImapSession, root: str) -> int | None:
+    """The mailbox whose quota a root is, if this user may see it. A shared root without a
+    grant is answered like a root that does not exist (no existence leak)."""
+    assert imap.account is not None
+    if root == ROOT:
+        return imap.account.mailbox_id
+    parts = root.split(shared.DELIMITER)
+    if len(parts) != 2 or parts[0] != shared.PREFIX or not parts[1]:
         return None
-    return ROOT
+    async with imap.server.store.read_session() as session:
+        access = await shared.access_by_address(session, imap.account.mailbox_id, parts[1].lower())
+    return None if access is None else access.owner_id
 
 
 def storage_resource(used_bytes: int, limit_bytes: int) -> tuple[str, int, int]:
@@ -56,11 +73,14 @@ def storage_resource(used_bytes: int, limit_bytes: int) -> tuple[str, int, int]:
     return ("STORAGE", -(-used_bytes // STORAGE_UNIT), limit_bytes // STORAGE_UNIT)
 
 
-async def _storage(imap: ImapSession) -> tuple[str, int, int] | None:
-    """The account's STORAGE resource, None when no limit applies."""
-    assert imap.account is not None
+async def _storage(imap: ImapSession, root: str) -> tuple[str, int, int] | None:
+    """The root's STORAGE resource; None when the root is not this user's to see or no limit
+    applies."""
+    owner = await _owner_of(imap, root)
+    if owner is None:
+        return None
     async with imap.server.store.read_session() as session:
-        usage = await queries.mailbox_usage(session, imap.account.mailbox_id)
+        usage = await queries.mailbox_usage(session, owner)
     limit = imap._quota_limit(usage)
     return storage_resource(usage.used_bytes, limit) if limit > 0 else None
 
@@ -68,7 +88,7 @@ async def _storage(imap: ImapSession) -> tuple[str, int, int] | None:
 async def getquotaroot(imap: ImapSession, cmd: GetQuotaRoot) -> None:
     """rfc/9208 §4.1.2: QUOTAROOT with the mailbox's roots, then QUOTA for each."""
     root = quota_root(cmd.mailbox)
-    storage = await _storage(imap) if root is not None else None
+    storage = await _storage(imap, root) if root is not None else None
     if root is None or storage is None:
         await imap._send(
             responses.quotaroot(cmd.mailbox, []),
@@ -84,14 +104,18 @@ async def getquotaroot(imap: ImapSession, cmd: GetQuotaRoot) -> None:
 
 async def getquota(imap: ImapSession, cmd: GetQuota) -> None:
     """rfc/9208 §4.1.1: the root's usage and limits; an unknown root is NONEXISTENT."""
-    storage = await _storage(imap) if cmd.root == ROOT else None
+    root = cmd.root
+    if shared.in_namespace(root):
+        root = root[: len(shared.PREFIX) + 1] + root[len(shared.PREFIX) + 1 :].lower()
+    storage = await _storage(imap, root)
     if storage is None:
         await imap._send(
             responses.tagged(cmd.tag, "NO", "no such quota root", responses.NONEXISTENT)
         )
         return
     await imap._send(
-        responses.quota(ROOT, [storage]), responses.tagged(cmd.tag, "OK", "GETQUOTA completed")
+        responses.quota(root, [storage]),
+        responses.tagged(cmd.tag, "OK", "GETQUOTA completed"),
     )
 
 

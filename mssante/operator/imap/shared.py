@@ -131,18 +131,23 @@ async def access_to(session: AsyncSession, grantee_id: int, owner_id: int) -> Ac
     return None if row is None else Access(int(row[0]), str(row[1]), bool(row[2]))
 
 
+async def access_by_address(session: AsyncSession, grantee_id: int, address: str) -> Access | None:
+    """This user's access to the mailbox at `address` (lower-case), if any."""
+    row = (
+        await session.execute(_grants_query(grantee_id).where(MailboxRow.address == address))
+    ).one_or_none()
+    return None if row is None else Access(int(row[0]), str(row[1]), bool(row[2]))
+
+
 async def locate(session: AsyncSession, grantee_id: int, name: str) -> Located | None:
     """The shared folder a client name designates, if this user may see it."""
     parts = split(name)
     if parts is None:
         return None
     address, folder_name = parts
-    row = (
-        await session.execute(_grants_query(grantee_id).where(MailboxRow.address == address))
-    ).one_or_none()
-    if row is None:
+    access = await access_by_address(session, grantee_id, address)
+    if access is None:
         return None
-    access = Access(int(row[0]), str(row[1]), bool(row[2]))
     try:
         folder = await store_folders.get_folder(session, access.owner_id, folder_name)
     except NotFound:

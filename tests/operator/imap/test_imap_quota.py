@@ -57,7 +57,9 @@ def test_root_and_units() -> None:
     assert quota.quota_root("INBOX") == "" == quota.quota_root("Projets/2026")
     assert quota.quota_root("Nulle-part") == ""  # rfc/9208 §4.1.2: need not exist
     assert quota.quota_root("Shared") is None
-    assert quota.quota_root("Shared/alice@x/INBOX") is None
+    # A shared mailbox's folders count against their owner's quota: the owner's root.
+    assert quota.quota_root("Shared/Alice@X/INBOX") == "Shared/alice@x"
+    assert quota.quota_root("Shared/alice@x") == "Shared/alice@x"
     assert quota.quota_root("Sharedx") == ""
     # rfc/9208 §5.1: units of 1024 octets, usage rounded up, limit down.
     assert quota.storage_resource(0, 1024) == ("STORAGE", 0, 1)
@@ -146,8 +148,10 @@ async def test_quota_per_mailbox_none_and_refusals(imap: Imap) -> None:  # noqa:
         # Only "" is a root.
         typ, data = client._simple_command("GETQUOTA", '"#user/jean"')
         assert (typ, data) == ("NO", [b"[NONEXISTENT] no such quota root"])
-        # The shared namespace has no root of this account.
+        # A shared name without a grant: no root, as an unknown one (no existence leak).
         assert _quotaroot(client, "Shared/x") == ("OK", [b'"Shared/x"'])
+        typ, data = client._simple_command("GETQUOTA", '"Shared/x"')
+        assert (typ, data) == ("NO", [b"[NONEXISTENT] no such quota root"])
         # Before login: BAD, as every authenticated-state command.
         other = imap.tls()
         tag = other._new_tag()

@@ -446,7 +446,23 @@ async def test_shared_writes_count_against_the_owner_quota(imap: Imap) -> None: 
         _append(standin, "INBOX")  # her own mailbox has room
         standin.select("INBOX")
         assert _no(standin, "COPY", "1", USER_INBOX) == "[OVERQUOTA] over quota"
+        # rfc/9208: the shared folder's quota root is its owner's, shown to the grantee.
+        root = f"Shared/{USER}".encode()
+        typ, lines = standin._simple_command("GETQUOTAROOT", USER_INBOX)
+        assert typ == "OK"
+        assert standin._untagged_response(typ, lines, "QUOTAROOT")[1] == [
+            b'"' + USER_INBOX.encode() + b'" ' + root  # an astring: an atom here
+        ]
+        used_kib, limit_kib = -(-len(MESSAGE) // 1024), (len(MESSAGE) + 10) // 1024
+        expected = b"%s (STORAGE %d %d)" % (root, used_kib, limit_kib)
+        assert standin._untagged_response(typ, lines, "QUOTA")[1] == [expected]
+        assert standin.getquota(f'"Shared/{USER.upper()}"') == ("OK", [expected])
         standin.logout()
+        # A user without a grant on that mailbox: no root, as for an unknown name.
+        outsider = _login(imap, OUTSIDER)
+        typ, data = outsider._simple_command("GETQUOTA", f'"Shared/{USER}"')
+        assert (typ, data) == ("NO", [b"[NONEXISTENT] no such quota root"])
+        outsider.logout()
 
     await _in_thread(scenario)
 
