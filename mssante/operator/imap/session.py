@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Final, Literal
 
 from mssante.logs import event
 from mssante.operator import mime
-from mssante.operator.imap import auth, queries, responses
+from mssante.operator.imap import auth, queries, responses, updates
 from mssante.operator.imap import fetch as fetch_items
 from mssante.operator.imap.commands import (
     AndKey,
@@ -137,7 +137,8 @@ def capabilities(
         "MOVE",  # rfc/6851
         "IDLE",  # rfc/2177 (in-process wake-ups, plus a poll for other writers: notify.py)
         "MULTIAPPEND",  # rfc/3502 (all messages in one transaction)
-        "CONDSTORE",  # rfc/7162 §3.1 (MODSEQ, CHANGEDSINCE, UNCHANGEDSINCE; no QRESYNC)
+        "CONDSTORE",  # rfc/7162 §3.1 (MODSEQ, CHANGEDSINCE, UNCHANGEDSINCE)
+        "QRESYNC",  # rfc/7162 §3.2 (SELECT (QRESYNC …), VANISHED; updates.py)
         f"APPENDLIMIT={append_limit}",  # rfc/7889 (the reader's max_literal)
     ]
     return caps
@@ -230,6 +231,13 @@ class ImapSession:
         self.selected: Selected | None = None
         self.uids: list[int] = []
         self.condstore = False  # rfc/7162 §3.1: enabled by ENABLE or a CONDSTORE command
+        self.qresync = False  # rfc/7162 §3.2.3: enabled by ENABLE QRESYNC only
+        # The highest MODSEQ of the selected folder this session has reported (flag updates,
+        # updates.py), the (UIDNEXT, HIGHESTMODSEQ) its view matches, and the MODSEQs of its
+        # own changes already answered (not echoed back as unsolicited FETCH).
+        self.modseq_seen = 0
+        self._marker: tuple[int, int] | None = None
+        self._reported: dict[int, int] = {}
         self._queue: deque[Event] = deque()
         self._idle_task: asyncio.Task[None] | None = None
         self._idle_wake = asyncio.Event()
@@ -363,12 +371,17 @@ class ImapSession:
             self._resume_if_paused()
         elif isinstance(cmd, Enable):
             # rfc/5161 §3.1: only what the server supports is enabled, and ENABLED lists what
-            # this command newly enabled: CONDSTORE (rfc/7162 §3.1) is the only one offered.
-            newly = "CONDSTORE" in cmd.capabilities and not self.condstore
-            self.condstore = True if newly else self.condstore
+            # this command newly enabled: CONDSTORE (rfc/7162 §3.1) and QRESYNC (§3.2.3,
+            # which enables CONDSTORE too without listing it).
+            newly: list[str] = []
+            if "CONDSTORE" in cmd.capabilities and not self.condstore:
+                newly.append("CONDSTORE")
+            if "QRESYNC" in cmd.capabilities and not self.qresync:
+                newly.append("QRESYNC")
+                self.qresync = True
+            self.condstore = self.condstore or bool(newly)
             await self._send(
-                responses.enabled(("CONDSTORE",) if newly else ()),
-                responses.tagged(tag, "OK", "ENABLE completed"),
+                responses.enabled(newly), responses.tagged(tag, "OK", "ENABLE completed")
             )
         elif isinstance(cmd, Namespace):
             # rfc/2342 §5: personal "" with "/", no other users', shared "Shared/".
@@ -663,24 +676,47 @@ class ImapSession:
     def _deselect(self) -> None:
         self.selected = None
         self.uids = []
+        self.modseq_seen = 0
+        self._marker = None
+        self._reported = {}
 
     async def _select(self, cmd: Select) -> None:
-        self._deselect()  # rfc/3501 §6.3.1: a failed SELECT leaves no mailbox selected
-        if cmd.qresync is not None:
-            await self._no_cannot(cmd.tag, "QRESYNC is not implemented yet")
+        if cmd.qresync is not None and not self.qresync:
+            # rfc/7162 §3.2.5: the QRESYNC parameter before ENABLE QRESYNC is BAD.
+            await self._bad(cmd.tag, "QRESYNC is not enabled")
             return
+        closed = self.selected is not None
+        self._deselect()  # rfc/3501 §6.3.1: a failed SELECT leaves no mailbox selected
+        if closed and self.qresync:
+            # rfc/7162 §3.2.11: the previous mailbox is closed before the new one's responses.
+            await self._send(responses.untagged("OK", "previous mailbox closed", responses.CLOSED))
         folder = await self._find_folder(cmd.mailbox)
         if folder is None:
             await self._send(
                 responses.tagged(cmd.tag, "NO", "no such mailbox", responses.NONEXISTENT)
             )
             return
+        resync: list[bytes] = []
         async with self.server.store.read_session() as session:
+            # The folder row first: its HIGHESTMODSEQ is then no later than the rows read next
+            # (a change in between is reported again later, never lost).
+            current = await store_folders.get_folder_by_id(session, folder.id)
             uids = await queries.folder_uids(session, folder.id)
             first_unseen = await queries.first_unseen_uid(session, folder.id)
-            current = await store_folders.get_folder_by_id(session, folder.id)
+            q = cmd.qresync
+            if q is not None and q.uidvalidity == current.uidvalidity:
+                # rfc/7162 §3.2.5.2: removals since the client's MODSEQ among its known UIDs
+                # (all of them: the sequence match data is not used to narrow the answer), then
+                # every message changed since.
+                gone = await updates.vanished_since(session, folder.id, q.modseq)
+                line = updates.vanished_earlier(gone, q.known_uids, uids)
+                resync += [line] if line is not None else []
+                changed = await updates.changed_since(session, folder.id, q.modseq)
+                resync += updates.flag_lines(uids, changed, reported={}, condstore=True)
         self.selected = Selected(folder.id, folder.name, current.uidvalidity, cmd.read_only)
         self.uids = uids
+        self.modseq_seen = current.highest_modseq
+        self._marker = (current.uidnext, current.highest_modseq)
         out = [
             responses.flags(fetch_items.SYSTEM_FLAGS),
             responses.exists(len(uids)),
@@ -708,29 +744,42 @@ class ImapSession:
             out.append(
                 responses.untagged("OK", "highest", responses.highestmodseq(current.highest_modseq))
             )
+        out += resync
         code = responses.READ_ONLY if cmd.read_only else responses.READ_WRITE
         verb = "EXAMINE" if cmd.read_only else "SELECT"
         out.append(responses.tagged(cmd.tag, "OK", f"{verb} completed", code))
         await self._send(*out)
 
-    async def _refresh(self) -> None:
-        """At NOOP/CHECK: report messages removed elsewhere (EXPUNGE) and new ones (EXISTS)."""
-        assert self.selected is not None
+    async def _refresh(self, *, expunge: bool = True) -> None:
+        """Report what changed in the selected folder (updates.py): removals (EXPUNGE or
+        VANISHED) only when `expunge` (not during FETCH, STORE, SEARCH: rfc/3501 §7.4.1), new
+        messages (EXISTS) and flag changes (unsolicited FETCH). Nothing is read beyond the
+        folder row when its (UIDNEXT, HIGHESTMODSEQ) has not moved since the view was made."""
+        selected = self.selected
+        assert selected is not None
         async with self.server.store.read_session() as session:
-            current = await queries.folder_uids(session, self.selected.folder_id)
-        present = set(current)
-        out: list[bytes] = []
-        for index in range(len(self.uids) - 1, -1, -1):  # descending: numbers stay valid
-            if self.uids[index] not in present:
-                out.append(responses.expunge(index + 1))
-                del self.uids[index]
-        last = self.uids[-1] if self.uids else 0
-        new = [u for u in current if u > last]
-        if new:
-            self.uids.extend(new)
-            out.append(responses.exists(len(self.uids)))
-        if out:
-            await self._send(*out)
+            marker = await queries.folder_marker(session, selected.folder_id)
+            if marker is None or marker == self._marker:
+                return
+            changed = await updates.changed_since(session, selected.folder_id, self.modseq_seen)
+            current = await queries.folder_uids(session, selected.folder_id)
+        result = updates.compute(
+            self.uids,
+            current,
+            changed,
+            modseq=self.modseq_seen,
+            reported=self._reported,
+            expunge=expunge,
+            qresync=self.qresync,
+            condstore=self.condstore,
+        )
+        self.uids = list(result.uids)
+        self.modseq_seen = result.modseq
+        self._reported = {u: m for u, m in self._reported.items() if m > result.modseq}
+        if expunge or len(result.uids) == len(current):
+            self._marker = marker  # the view holds no removal still to announce
+        if result.lines:
+            await self._send(*result.lines)
 
     # --- messages -----------------------------------------------------------------------------
 
@@ -749,7 +798,11 @@ class ImapSession:
     async def _fetch(self, cmd: Fetch) -> None:
         selected = self.selected
         assert selected is not None
-        if cmd.vanished or not fetch_items.supported(cmd.items):
+        if cmd.vanished and not self.qresync:
+            # rfc/7162 §3.2.6: VANISHED before ENABLE QRESYNC is BAD.
+            await self._bad(cmd.tag, "VANISHED needs ENABLE QRESYNC")
+            return
+        if not fetch_items.supported(cmd.items):
             await self._no_cannot(cmd.tag, "FETCH item or modifier not implemented yet")
             return
         uids = self._target_uids(cmd.sequence, cmd.uid)
@@ -772,11 +825,20 @@ class ImapSession:
                 )
                 unseen = [m.state.uid for m in before if "\\Seen" not in m.state.flags]
                 if unseen:
-                    await queries.store_flags(
+                    stored = await queries.store_flags(
                         session, selected.folder_id, unseen, StoreAction.ADD, ("\\Seen",)
                     )
                     await session.commit()
                     flags_changed = set(unseen)
+                    self._reported.update({u: stored.modseqs[u] for u in stored.changed})
+                    self.server.notifier.publish(selected.folder_id)
+        if cmd.vanished and cmd.changed_since is not None:
+            # rfc/7162 §3.2.6: the UIDs of the set removed since CHANGEDSINCE, before the FETCHes.
+            async with store.read_session() as session:
+                gone = await updates.vanished_since(session, selected.folder_id, cmd.changed_since)
+            line = updates.vanished_earlier(gone, cmd.sequence, self.uids)
+            if line is not None:
+                await self._send(line)
         async with store.read_session() as session:
             messages = await queries.fetch_messages(
                 session,
@@ -802,6 +864,7 @@ class ImapSession:
             )
             self.writer.write(responses.fetch(seq_of[message.state.uid], items))
             await self.writer.drain()
+        await self._refresh(expunge=cmd.uid)  # rfc/3501 §7.4.1: no EXPUNGE during FETCH
         await self._send(responses.tagged(cmd.tag, "OK", "FETCH completed"))
 
     async def _store(self, cmd: Store) -> None:
@@ -837,6 +900,10 @@ class ImapSession:
                 )
                 return
             await session.commit()
+        # This STORE answers for its own changes (or the client asked .SILENT): not echoed.
+        self._reported.update({u: result.modseqs[u] for u in result.changed})
+        if result.changed:
+            self.server.notifier.publish(selected.folder_id)
         seq_of = {u: i + 1 for i, u in enumerate(self.uids)}
         for uid in sorted(result.flags):
             items: list[tuple[str, bytes]] = []
@@ -851,6 +918,7 @@ class ImapSession:
             if cmd.uid:
                 items.insert(0, ("UID", responses.number(uid)))
             self.writer.write(responses.fetch(seq_of[uid], items))
+        await self._refresh(expunge=cmd.uid)  # rfc/3501 §7.4.1: no EXPUNGE during STORE
         if result.modified:
             # rfc/7162 §3.1.3: the messages refused, as UIDs for UID STORE, else numbers.
             numbers = result.modified if cmd.uid else [seq_of[u] for u in result.modified]
@@ -897,10 +965,9 @@ class ImapSession:
         # rfc/7162 §3.1.5: with a MODSEQ key, the highest MODSEQ of the messages found
         # (none when nothing is found).
         highest = max((m for _, m in rows), default=None) if with_modseq and numbers else None
-        await self._send(
-            responses.search(numbers, modseq=highest),
-            responses.tagged(cmd.tag, "OK", "SEARCH completed"),
-        )
+        await self._send(responses.search(numbers, modseq=highest))
+        await self._refresh(expunge=cmd.uid)  # rfc/3501 §7.4.1: no EXPUNGE during SEARCH
+        await self._send(responses.tagged(cmd.tag, "OK", "SEARCH completed"))
 
     async def _expunge(self, cmd: Expunge) -> None:
         selected = self.selected
@@ -917,6 +984,7 @@ class ImapSession:
                 await self._no_cannot(cmd.tag, "$ is not implemented yet")
                 return
         await self._remove_deleted(selected, only, announce=True)
+        await self._refresh()  # what other sessions changed, before the tagged OK (rfc/3501 §7)
         await self._send(responses.tagged(cmd.tag, "OK", "EXPUNGE completed"))
 
     async def _remove_deleted(
@@ -933,12 +1001,10 @@ class ImapSession:
             await session.commit()
         if gone:
             self.server.notifier.publish(selected.folder_id)
+        # rfc/3501 §7.4.1 EXPUNGE, or VANISHED once QRESYNC is on (rfc/7162 §3.2.10).
+        out = updates.removal_lines(self.uids, gone, qresync=self.qresync)
         removed = set(gone)
-        out: list[bytes] = []
-        for index in range(len(self.uids) - 1, -1, -1):  # descending: rfc/3501 §7.4.1
-            if self.uids[index] in removed:
-                out.append(responses.expunge(index + 1))
-                del self.uids[index]
+        self.uids = [u for u in self.uids if u not in removed]
         if announce and out:
             await self._send(*out)
 
@@ -1210,15 +1276,13 @@ class ImapSession:
             self.server.notifier.publish(selected.folder_id)
             # rfc/6851 §4.3: COPYUID in an untagged OK before the EXPUNGEs.
             out.append(responses.untagged("OK", "moved", code))
+            # rfc/6851 §4.4: VANISHED instead of EXPUNGE once QRESYNC is on.
+            out += updates.removal_lines(self.uids, gone, qresync=self.qresync)
             removed = set(gone)
-            for index in range(len(self.uids) - 1, -1, -1):
-                if self.uids[index] in removed:
-                    out.append(responses.expunge(index + 1))
-                    del self.uids[index]
+            self.uids = [u for u in self.uids if u not in removed]
         if out:
             await self._send(*out)
-        if target.id == selected.folder_id:
-            await self._refresh()
+        await self._refresh()  # what changed, the target included when it is this folder
         if move:
             await self._send(responses.tagged(cmd.tag, "OK", "MOVE completed"))
         else:
