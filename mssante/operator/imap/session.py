@@ -10,7 +10,8 @@ n-th UID (rfc/3501 §2.3.1.2). The snapshot changes only at the moments the RFC 
 messages removed by another session: EXPUNGE), at this session's own EXPUNGE or CLOSE, after
 its APPEND/COPY/MOVE into the selected folder, and while it idles (rfc/2177: the IDLE watcher
 is woken by `notify.FolderNotifier` within the process and polls the folder every 0.5 s for
-Delivery and other processes).
+Delivery and other processes). What to report (EXPUNGE or VANISHED, EXISTS, other sessions'
+flag changes as unsolicited FETCH) is computed by `updates.py`; `_refresh` sends it.
 """
 
 from __future__ import annotations
@@ -127,7 +128,7 @@ def capabilities(
     caps += [
         "LITERAL-",  # rfc/7888 (the reader's max_nonsync_literal bound)
         "ID",  # rfc/2971
-        "ENABLE",  # rfc/5161 (CONDSTORE is the only extension it enables)
+        "ENABLE",  # rfc/5161 (it enables CONDSTORE and QRESYNC)
         "NAMESPACE",  # rfc/2342
         "UNSELECT",  # rfc/3691
         "SPECIAL-USE",  # rfc/6154 (\Sent, \Drafts, \Trash, \Junk, \Archive in LIST)

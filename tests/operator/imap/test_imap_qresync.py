@@ -115,6 +115,12 @@ async def test_other_sessions_changes_arrive_only_at_allowed_moments(imap: Imap)
             b"T OK FETCH completed",
         ]
 
+        # The \Seen its own FETCH set was answered with that FETCH: not echoed at NOOP.
+        b.state = "SELECTED"  # imaplib did not see the SELECT sent by _run
+        typ, data = b.fetch("1", "(BODY[HEADER.FIELDS (SUBJECT)])")
+        assert typ == "OK" and data[1] == b" FLAGS (\\Seen))"
+        assert _run(b, "NOOP") == [b"T OK NOOP completed"]
+
         # With CONDSTORE on, the unsolicited FETCH carries the MODSEQ (rfc/7162 §3.1.4.1).
         assert _run(b, "ENABLE CONDSTORE")[0] == b"* ENABLED CONDSTORE"
         a.store("1", "+FLAGS", "($Work)")
@@ -122,7 +128,7 @@ async def test_other_sessions_changes_arrive_only_at_allowed_moments(imap: Imap)
         assert typ == "OK"
         highest = int(re.findall(rb"HIGHESTMODSEQ (\d+)", data[0] or b"")[0])
         assert _run(b, "CHECK") == [
-            f"* 1 FETCH (UID 1 FLAGS ($Work) MODSEQ ({highest}))".encode(),
+            f"* 1 FETCH (UID 1 FLAGS (\\Seen $Work) MODSEQ ({highest}))".encode(),
             b"T OK CHECK completed",
         ]
 
