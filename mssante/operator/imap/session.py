@@ -857,7 +857,8 @@ class ImapSession:
                 cmd.items,
                 raw=message.raw,
                 structure=message.structure,
-                with_uid=cmd.uid,
+                # rfc/7162 §3.2.4: once QRESYNC is on, FLAGS set implicitly carry the UID.
+                with_uid=cmd.uid or (self.qresync and message.state.uid in flags_changed),
                 with_flags=message.state.uid in flags_changed,
                 # rfc/7162 §3.1.4.1: CHANGEDSINCE implies MODSEQ; §3.2: so do flag changes.
                 with_modseq=cmd.changed_since is not None
@@ -916,7 +917,7 @@ class ImapSession:
                 items.append(("MODSEQ", fetch_items.modseq_value(result.modseqs[uid])))
             if not items:
                 continue
-            if cmd.uid:
+            if cmd.uid or self.qresync:  # rfc/7162 §3.2.4: the UID once QRESYNC is on
                 items.insert(0, ("UID", responses.number(uid)))
             self.writer.write(responses.fetch(seq_of[uid], items))
         await self._refresh(expunge=cmd.uid)  # rfc/3501 §7.4.1: no EXPUNGE during STORE

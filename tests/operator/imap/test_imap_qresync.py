@@ -139,9 +139,20 @@ async def test_other_sessions_changes_arrive_only_at_allowed_moments(imap: Imap)
         a.store("2", "+FLAGS.SILENT", "(\\Deleted)")
         a.expunge()
         assert _run(b, "NOOP") == [b"* VANISHED 2", b"* 2 EXISTS", b"T OK NOOP completed"]
+        # rfc/7162 §3.2.4: with QRESYNC every FETCH a STORE or an implicit \\Seen causes has
+        # the UID and the MODSEQ, .SILENT included.
+        lines = _run(b, "STORE 2 +FLAGS (\\Answered)")
+        assert lines == [
+            f"* 2 FETCH (UID 5 FLAGS (\\Answered) MODSEQ ({_modseq(lines[0])}))".encode(),
+            b"T OK STORE completed",
+        ]
+        typ, data = b.fetch("2", "(BODY[HEADER.FIELDS (SUBJECT)])")
+        assert typ == "OK" and isinstance(data[0], tuple)
+        assert data[0][0].startswith(b"2 (UID 5 BODY[HEADER.FIELDS (SUBJECT)] {")
+        assert data[1] == f" FLAGS (\\Seen \\Answered) MODSEQ ({_modseq(data[1])}))".encode()
         lines = _run(b, "STORE 1 +FLAGS.SILENT (\\Deleted)")
         assert lines == [
-            f"* 1 FETCH (MODSEQ ({_modseq(lines[0])}))".encode(),
+            f"* 1 FETCH (UID 1 MODSEQ ({_modseq(lines[0])}))".encode(),
             b"T OK STORE completed",
         ]
         assert _run(b, "EXPUNGE") == [b"* VANISHED 1", b"T OK EXPUNGE completed"]
