@@ -851,7 +851,10 @@ class ImapSession:
                 changed_since=cmd.changed_since,
             )
         seq_of = {u: i + 1 for i, u in enumerate(self.uids)}
+        asked_flags = any(isinstance(i, FetchAttr) and i.name == "FLAGS" for i in cmd.items)
         for message in messages:
+            if asked_flags:  # these flags are answered here: no unsolicited FETCH repeats them
+                self._reported[message.state.uid] = message.state.modseq
             items = fetch_items.render(
                 message.state,
                 cmd.items,

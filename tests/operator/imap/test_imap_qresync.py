@@ -103,6 +103,12 @@ async def test_other_sessions_changes_arrive_only_at_allowed_moments(imap: Imap)
         assert _run(b, "SEARCH ALL") == [b"* SEARCH 1 2 4", b"T OK SEARCH completed"]
         # B's own STORE is not echoed back; the removal comes at NOOP.
         assert _run(b, "NOOP") == [b"* 3 EXPUNGE", b"T OK NOOP completed"]
+        # A change the client fetched itself is not repeated as an unsolicited FETCH.
+        a.store("3", "+FLAGS", "($X)")
+        assert _run(b, "FETCH 3 (FLAGS)") == [
+            b"* 3 FETCH (FLAGS (\\Seen $X))",
+            b"T OK FETCH completed",
+        ]
 
         # UID FETCH is another command: the removal may and does come with it (rfc/3501
         # §7.4.1 note), after its FETCH responses.
