@@ -20,6 +20,7 @@ prunes them, so a `VANISHED (EARLIER)` answer is always exact.
 
 from __future__ import annotations
 
+import bisect
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -135,10 +136,16 @@ def vanished_earlier(
     candidates = sorted(u for u in set(expunged) if u not in in_view)
     if known is not None and candidates:
         runs = known.resolve(max(candidates[-1], view[-1] if view else 0))
-        candidates = [u for u in candidates if any(lo <= u <= hi for lo, hi in runs)]
+        lows = [lo for lo, _ in runs]  # sorted and disjoint: one bisection per UID
+        candidates = [u for u in candidates if _in_runs(u, runs, lows)]
     if not candidates:
         return None
     return responses.vanished(candidates, earlier=True)
+
+
+def _in_runs(uid: int, runs: Sequence[tuple[int, int]], lows: Sequence[int]) -> bool:
+    index = bisect.bisect_right(lows, uid) - 1
+    return index >= 0 and uid <= runs[index][1]
 
 
 # --- the queries --------------------------------------------------------------------------------

@@ -121,3 +121,11 @@ def test_vanished_earlier_within_known_uids_and_outside_the_view() -> None:
     assert vanished_earlier([2, 3, 5], None, [3]) == b"* VANISHED (EARLIER) 2,5\r\n"
     assert vanished_earlier([2], SequenceSet((SeqRange(5, 9),)), [1]) is None
     assert vanished_earlier([], None, [1]) is None
+
+
+def test_vanished_earlier_with_many_known_ranges() -> None:
+    odd = SequenceSet(tuple(SeqRange(n, n) for n in range(199, 0, -2)))  # 100 ranges, unordered
+    gone = list(range(1, 301))
+    line = vanished_earlier(gone, odd, [5])
+    expected = ",".join(str(n) for n in range(1, 200, 2) if n != 5)
+    assert line == b"* VANISHED (EARLIER) " + expected.encode() + b"\r\n"
