@@ -10,7 +10,8 @@ n-th UID (rfc/3501 §2.3.1.2). The snapshot changes only at the moments the RFC 
 messages removed by another session: EXPUNGE), at this session's own EXPUNGE or CLOSE, after
 its APPEND/COPY/MOVE into the selected folder, and while it idles (rfc/2177: the IDLE watcher
 is woken by `notify.FolderNotifier` within the process and polls the folder every 0.5 s for
-Delivery and other processes).
+Delivery and other processes). What to report (EXPUNGE or VANISHED, EXISTS, other sessions'
+flag changes as unsolicited FETCH) is computed by `updates.py`; `_refresh` sends it.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from typing import TYPE_CHECKING, Final, Literal
 
 from mssante.logs import event
 from mssante.operator import mime
-from mssante.operator.imap import auth, queries, quota, responses, shared
+from mssante.operator.imap import auth, queries, quota, responses, shared, updates
 from mssante.operator.imap import fetch as fetch_items
 from mssante.operator.imap.binary import UnknownEncodingError
 from mssante.operator.imap.commands import (
@@ -158,7 +159,7 @@ def capabilities(
     caps += [
         "LITERAL-",  # rfc/7888 (the reader's max_nonsync_literal bound)
         "ID",  # rfc/2971
-        "ENABLE",  # rfc/5161 (CONDSTORE is the only extension it enables)
+        "ENABLE",  # rfc/5161 (it enables CONDSTORE and QRESYNC)
         "NAMESPACE",  # rfc/2342
         "UNSELECT",  # rfc/3691
         "SPECIAL-USE",  # rfc/6154 (\Sent, \Drafts, \Trash, \Junk, \Archive in LIST)
@@ -168,7 +169,8 @@ def capabilities(
         "MOVE",  # rfc/6851
         "IDLE",  # rfc/2177 (in-process wake-ups, plus a poll for other writers: notify.py)
         "MULTIAPPEND",  # rfc/3502 (all messages in one transaction)
-        "CONDSTORE",  # rfc/7162 §3.1 (MODSEQ, CHANGEDSINCE, UNCHANGEDSINCE; no QRESYNC)
+        "CONDSTORE",  # rfc/7162 §3.1 (MODSEQ, CHANGEDSINCE, UNCHANGEDSINCE)
+        "QRESYNC",  # rfc/7162 §3.2 (SELECT (QRESYNC …), VANISHED; updates.py)
         "LIST-EXTENDED",  # rfc/5258 (selection and return options, several patterns)
         "LIST-STATUS",  # rfc/5819 (LIST … RETURN (STATUS (…)))
         f"APPENDLIMIT={append_limit}",  # rfc/7889 (the reader's max_literal)
@@ -267,6 +269,13 @@ class ImapSession:
         self.selected: Selected | None = None
         self.uids: list[int] = []
         self.condstore = False  # rfc/7162 §3.1: enabled by ENABLE or a CONDSTORE command
+        self.qresync = False  # rfc/7162 §3.2.3: enabled by ENABLE QRESYNC only
+        # The highest MODSEQ of the selected folder this session has reported (flag updates,
+        # updates.py), the (UIDNEXT, HIGHESTMODSEQ) its view matches, and the MODSEQs of its
+        # own changes already answered (not echoed back as unsolicited FETCH).
+        self.modseq_seen = 0
+        self._marker: tuple[int, int] | None = None
+        self._reported: dict[int, int] = {}
         self._queue: deque[Event] = deque()
         self._idle_task: asyncio.Task[None] | None = None
         self._idle_wake = asyncio.Event()
@@ -407,12 +416,17 @@ class ImapSession:
             self._resume_if_paused()
         elif isinstance(cmd, Enable):
             # rfc/5161 §3.1: only what the server supports is enabled, and ENABLED lists what
-            # this command newly enabled: CONDSTORE (rfc/7162 §3.1) is the only one offered.
-            newly = "CONDSTORE" in cmd.capabilities and not self.condstore
-            self.condstore = True if newly else self.condstore
+            # this command newly enabled: CONDSTORE (rfc/7162 §3.1) and QRESYNC (§3.2.3,
+            # which enables CONDSTORE too without listing it).
+            newly: list[str] = []
+            if "CONDSTORE" in cmd.capabilities and not self.condstore:
+                newly.append("CONDSTORE")
+            if "QRESYNC" in cmd.capabilities and not self.qresync:
+                newly.append("QRESYNC")
+                self.qresync = True
+            self.condstore = self.condstore or bool(newly)
             await self._send(
-                responses.enabled(("CONDSTORE",) if newly else ()),
-                responses.tagged(tag, "OK", "ENABLE completed"),
+                responses.enabled(newly), responses.tagged(tag, "OK", "ENABLE completed")
             )
         elif isinstance(cmd, Namespace):
             # rfc/2342 §5: personal "" with "/", no other users', shared "Shared/".
@@ -837,13 +851,21 @@ class ImapSession:
     def _deselect(self) -> None:
         self.selected = None
         self.uids = []
+        self.modseq_seen = 0
+        self._marker = None
+        self._reported = {}
 
     async def _select(self, cmd: Select) -> None:
-        self._deselect()  # rfc/3501 §6.3.1: a failed SELECT leaves no mailbox selected
-        if cmd.qresync is not None:
-            await self._no_cannot(cmd.tag, "QRESYNC is not implemented yet")
+        if cmd.qresync is not None and not self.qresync:
+            # rfc/7162 §3.2.5: the QRESYNC parameter before ENABLE QRESYNC is BAD.
+            await self._bad(cmd.tag, "QRESYNC is not enabled")
             return
         assert self.account is not None
+        closed = self.selected is not None
+        self._deselect()  # rfc/3501 §6.3.1: a failed SELECT leaves no mailbox selected
+        if closed and self.qresync:
+            # rfc/7162 §3.2.11: the previous mailbox is closed before the new one's responses.
+            await self._send(responses.untagged("OK", "previous mailbox closed", responses.CLOSED))
         located = await self._locate(cmd.mailbox, "EXAMINE" if cmd.read_only else "SELECT")
         if located is None:
             await self._send(
@@ -851,15 +873,29 @@ class ImapSession:
             )
             return
         folder, access = located.folder, located.access
+        reader_id = None if access is None else self.account.mailbox_id
+        resync: list[bytes] = []
         async with self.server.store.read_session() as session:
+            # The folder row first: its HIGHESTMODSEQ is then no later than the rows read next
+            # (a change in between is reported again later, never lost).
+            current = await store_folders.get_folder_by_id(session, folder.id)
             uids = await queries.folder_uids(session, folder.id)
-            if access is None:
+            if reader_id is None:
                 first_unseen = await queries.first_unseen_uid(session, folder.id)
             else:
-                first_unseen = await store_seen.first_unseen_uid(
-                    session, folder.id, self.account.mailbox_id
+                first_unseen = await store_seen.first_unseen_uid(session, folder.id, reader_id)
+            q = cmd.qresync
+            if q is not None and q.uidvalidity == current.uidvalidity:
+                # rfc/7162 §3.2.5.2: removals since the client's MODSEQ among its known UIDs
+                # (all of them: the sequence match data is not used to narrow the answer), then
+                # every message changed since.
+                gone = await updates.vanished_since(session, folder.id, q.modseq)
+                line = updates.vanished_earlier(gone, q.known_uids, uids)
+                resync += [line] if line is not None else []
+                changed = await updates.changed_since(
+                    session, folder.id, q.modseq, reader_id=reader_id
                 )
-            current = await store_folders.get_folder_by_id(session, folder.id)
+                resync += updates.flag_lines(uids, changed, reported={}, condstore=True)
         self.selected = Selected(
             folder.id, located.name, current.uidvalidity, cmd.read_only, access
         )
@@ -872,6 +908,8 @@ class ImapSession:
         if access is not None and not access.can_write and not cmd.read_only:
             permanent = (shared.SEEN,)  # a read-only grantee keeps only their own \Seen
         self.uids = uids
+        self.modseq_seen = current.highest_modseq
+        self._marker = (current.uidnext, current.highest_modseq)
         out = [
             responses.flags(fetch_items.SYSTEM_FLAGS),
             responses.exists(len(uids)),
@@ -886,11 +924,7 @@ class ImapSession:
         out += [
             responses.untagged("OK", "UIDs valid", responses.uidvalidity(current.uidvalidity)),
             responses.untagged("OK", "predicted next UID", responses.uidnext(current.uidnext)),
-            responses.untagged(
-                "OK",
-                "flags permitted",
-                responses.permanentflags(permanent),
-            ),
+            responses.untagged("OK", "flags permitted", responses.permanentflags(permanent)),
         ]
         if cmd.condstore:
             self.condstore = True  # rfc/7162 §3.1.8
@@ -899,29 +933,47 @@ class ImapSession:
             out.append(
                 responses.untagged("OK", "highest", responses.highestmodseq(current.highest_modseq))
             )
+        out += resync
         code = responses.READ_ONLY if cmd.read_only else responses.READ_WRITE
         verb = "EXAMINE" if cmd.read_only else "SELECT"
         out.append(responses.tagged(cmd.tag, "OK", f"{verb} completed", code))
         await self._send(*out)
 
-    async def _refresh(self) -> None:
-        """At NOOP/CHECK: report messages removed elsewhere (EXPUNGE) and new ones (EXISTS)."""
-        assert self.selected is not None
+    async def _refresh(self, *, expunge: bool = True) -> None:
+        """Report what changed in the selected folder (updates.py): removals (EXPUNGE or
+        VANISHED) only when `expunge` (not during FETCH, STORE, SEARCH: rfc/3501 §7.4.1), new
+        messages (EXISTS) and flag changes (unsolicited FETCH). Nothing is read beyond the
+        folder row when its (UIDNEXT, HIGHESTMODSEQ) has not moved since the view was made."""
+        selected = self.selected
+        assert selected is not None
         async with self.server.store.read_session() as session:
-            current = await queries.folder_uids(session, self.selected.folder_id)
-        present = set(current)
-        out: list[bytes] = []
-        for index in range(len(self.uids) - 1, -1, -1):  # descending: numbers stay valid
-            if self.uids[index] not in present:
-                out.append(responses.expunge(index + 1))
-                del self.uids[index]
-        last = self.uids[-1] if self.uids else 0
-        new = [u for u in current if u > last]
-        if new:
-            self.uids.extend(new)
-            out.append(responses.exists(len(self.uids)))
-        if out:
-            await self._send(*out)
+            marker = await queries.folder_marker(session, selected.folder_id)
+            if marker is None or marker == self._marker:
+                return
+            changed = await updates.changed_since(
+                session,
+                selected.folder_id,
+                self.modseq_seen,
+                reader_id=None if selected.access is None else self._reader_id(),
+            )
+            current = await queries.folder_uids(session, selected.folder_id)
+        result = updates.compute(
+            self.uids,
+            current,
+            changed,
+            modseq=self.modseq_seen,
+            reported=self._reported,
+            expunge=expunge,
+            qresync=self.qresync,
+            condstore=self.condstore,
+        )
+        self.uids = list(result.uids)
+        self.modseq_seen = result.modseq
+        self._reported = {u: m for u, m in self._reported.items() if m > result.modseq}
+        if expunge or len(result.uids) == len(current):
+            self._marker = marker  # the view holds no removal still to announce
+        if result.lines:
+            await self._send(*result.lines)
 
     # --- messages -----------------------------------------------------------------------------
 
@@ -940,7 +992,11 @@ class ImapSession:
     async def _fetch(self, cmd: Fetch) -> None:
         selected = self.selected
         assert selected is not None
-        if cmd.vanished or not fetch_items.supported(cmd.items):
+        if cmd.vanished and not self.qresync:
+            # rfc/7162 §3.2.6: VANISHED before ENABLE QRESYNC is BAD.
+            await self._bad(cmd.tag, "VANISHED needs ENABLE QRESYNC")
+            return
+        if not fetch_items.supported(cmd.items):
             await self._no_cannot(cmd.tag, "FETCH item or modifier not implemented yet")
             return
         uids = self._target_uids(cmd.sequence, cmd.uid)
@@ -965,11 +1021,20 @@ class ImapSession:
                 )
                 unseen = [m.state.uid for m in before if "\\Seen" not in m.state.flags]
                 if unseen:
-                    await queries.store_flags(
+                    stored = await queries.store_flags(
                         session, selected.folder_id, unseen, StoreAction.ADD, ("\\Seen",)
                     )
                     await session.commit()
                     flags_changed = set(unseen)
+                    self._reported.update({u: stored.modseqs[u] for u in stored.changed})
+                    self.server.notifier.publish(selected.folder_id)
+        if cmd.vanished and cmd.changed_since is not None:
+            # rfc/7162 §3.2.6: the UIDs of the set removed since CHANGEDSINCE, before the FETCHes.
+            async with store.read_session() as session:
+                gone = await updates.vanished_since(session, selected.folder_id, cmd.changed_since)
+            line = updates.vanished_earlier(gone, cmd.sequence, self.uids)
+            if line is not None:
+                await self._send(line)
         async with store.read_session() as session:
             messages = await queries.fetch_messages(
                 session,
@@ -984,14 +1049,18 @@ class ImapSession:
         if selected.access is not None:
             self._audit_shared_fetch(selected, cmd, messages)
         seq_of = {u: i + 1 for i, u in enumerate(self.uids)}
+        asked_flags = any(isinstance(i, FetchAttr) and i.name == "FLAGS" for i in cmd.items)
         for message in messages:
+            if asked_flags:  # these flags are answered here: no unsolicited FETCH repeats them
+                self._reported[message.state.uid] = message.state.modseq
             try:
                 items = fetch_items.render(
                     message.state,
                     cmd.items,
                     raw=message.raw,
                     structure=message.structure,
-                    with_uid=cmd.uid,
+                    # rfc/7162 §3.2.4: once QRESYNC is on, FLAGS set implicitly carry the UID.
+                    with_uid=cmd.uid or (self.qresync and message.state.uid in flags_changed),
                     with_flags=message.state.uid in flags_changed,
                     # rfc/7162 §3.1.4.1: CHANGEDSINCE implies MODSEQ; §3.2: so do flag changes.
                     with_modseq=cmd.changed_since is not None
@@ -1011,6 +1080,7 @@ class ImapSession:
                 return
             self.writer.write(responses.fetch(seq_of[message.state.uid], items))
             await self.writer.drain()
+        await self._refresh(expunge=cmd.uid)  # rfc/3501 §7.4.1: no EXPUNGE during FETCH
         await self._send(responses.tagged(cmd.tag, "OK", "FETCH completed"))
 
     async def _shared_fetch_seen(self, selected: Selected, cmd: Fetch, uids: list[int]) -> set[int]:
@@ -1023,6 +1093,9 @@ class ImapSession:
                 session, selected.folder_id, self.account.mailbox_id, dict.fromkeys(uids, True)
             )
             await session.commit()
+        if changed:
+            self._reported.update(changed)  # answered by this FETCH: no unsolicited echo
+            self.server.notifier.publish(selected.folder_id)
         return set(changed)
 
     def _reader_id(self) -> int:
@@ -1099,6 +1172,10 @@ class ImapSession:
                 )
                 return
             await session.commit()
+        # This STORE answers for its own changes (or the client asked .SILENT): not echoed.
+        self._reported.update({u: result.modseqs[u] for u in result.changed})
+        if result.changed:
+            self.server.notifier.publish(selected.folder_id)
         seq_of = {u: i + 1 for i, u in enumerate(self.uids)}
         for uid in sorted(result.flags):
             items: list[tuple[str, bytes]] = []
@@ -1110,9 +1187,10 @@ class ImapSession:
                 items.append(("MODSEQ", fetch_items.modseq_value(result.modseqs[uid])))
             if not items:
                 continue
-            if cmd.uid:
+            if cmd.uid or self.qresync:  # rfc/7162 §3.2.4: the UID once QRESYNC is on
                 items.insert(0, ("UID", responses.number(uid)))
             self.writer.write(responses.fetch(seq_of[uid], items))
+        await self._refresh(expunge=cmd.uid)  # rfc/3501 §7.4.1: no EXPUNGE during STORE
         if result.modified:
             # rfc/7162 §3.1.3: the messages refused, as UIDs for UID STORE, else numbers.
             numbers = result.modified if cmd.uid else [seq_of[u] for u in result.modified]
@@ -1161,10 +1239,9 @@ class ImapSession:
         # rfc/7162 §3.1.5: with a MODSEQ key, the highest MODSEQ of the messages found
         # (none when nothing is found).
         highest = max((m for _, m in rows), default=None) if with_modseq and numbers else None
-        await self._send(
-            responses.search(numbers, modseq=highest),
-            responses.tagged(cmd.tag, "OK", "SEARCH completed"),
-        )
+        await self._send(responses.search(numbers, modseq=highest))
+        await self._refresh(expunge=cmd.uid)  # rfc/3501 §7.4.1: no EXPUNGE during SEARCH
+        await self._send(responses.tagged(cmd.tag, "OK", "SEARCH completed"))
 
     async def _expunge(self, cmd: Expunge) -> None:
         selected = self.selected
@@ -1185,6 +1262,7 @@ class ImapSession:
                 await self._no_cannot(cmd.tag, "$ is not implemented yet")
                 return
         await self._remove_deleted(selected, only, announce=True)
+        await self._refresh()  # what other sessions changed, before the tagged OK (rfc/3501 §7)
         await self._send(responses.tagged(cmd.tag, "OK", "EXPUNGE completed"))
 
     async def _remove_deleted(
@@ -1201,12 +1279,10 @@ class ImapSession:
             await session.commit()
         if gone:
             self.server.notifier.publish(selected.folder_id)
+        # rfc/3501 §7.4.1 EXPUNGE, or VANISHED once QRESYNC is on (rfc/7162 §3.2.10).
+        out = updates.removal_lines(self.uids, gone, qresync=self.qresync)
         removed = set(gone)
-        out: list[bytes] = []
-        for index in range(len(self.uids) - 1, -1, -1):  # descending: rfc/3501 §7.4.1
-            if self.uids[index] in removed:
-                out.append(responses.expunge(index + 1))
-                del self.uids[index]
+        self.uids = [u for u in self.uids if u not in removed]
         if announce and out:
             await self._send(*out)
 
@@ -1558,15 +1634,13 @@ class ImapSession:
             self.server.notifier.publish(selected.folder_id)
             # rfc/6851 §4.3: COPYUID in an untagged OK before the EXPUNGEs.
             out.append(responses.untagged("OK", "moved", code))
+            # rfc/6851 §4.4: VANISHED instead of EXPUNGE once QRESYNC is on.
+            out += updates.removal_lines(self.uids, gone, qresync=self.qresync)
             removed = set(gone)
-            for index in range(len(self.uids) - 1, -1, -1):
-                if self.uids[index] in removed:
-                    out.append(responses.expunge(index + 1))
-                    del self.uids[index]
+            self.uids = [u for u in self.uids if u not in removed]
         if out:
             await self._send(*out)
-        if target.id == selected.folder_id:
-            await self._refresh()
+        await self._refresh()  # what changed, the target included when it is this folder
         if move:
             await self._send(responses.tagged(cmd.tag, "OK", "MOVE completed"))
         else:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import imaplib
 import re
 
+import pytest
 from test_imap_server import (  # the shared server fixture and helpers
     MESSAGE,
     PASSWORD,
@@ -109,9 +110,9 @@ async def test_condstore_select_fetch_store_search_status(imap: Imap) -> None:  
         typ, data = client.search(None, "MODSEQ", str(h3 + 1))
         assert (typ, data) == ("OK", [b""])
         assert _status_highest(client) == h3
-        # QRESYNC is not offered.
-        typ, data = client._simple_command("EXAMINE", "INBOX", "(QRESYNC (1 1))")
-        assert (typ, data) == ("NO", [b"[CANNOT] QRESYNC is not implemented yet"])
+        # QRESYNC before ENABLE QRESYNC is BAD (rfc/7162 §3.2.5; test_imap_qresync.py).
+        with pytest.raises(imaplib.IMAP4.error, match=r"BAD \[b'QRESYNC is not enabled'\]"):
+            client._simple_command("EXAMINE", "INBOX", "(QRESYNC (1 1))")
         client.logout()
 
         # ENABLE CONDSTORE: said once, then every SELECT shows HIGHESTMODSEQ.

@@ -237,6 +237,8 @@ async def test_idle_sees_append_expunge_and_delivery(imap: Imap) -> None:  # noq
         assert time.monotonic() - started < 1.5
         other.select("INBOX")
         other.store("1", "+FLAGS.SILENT", "(\\Deleted)")
+        # Another session's flag change is pushed too (rfc/7162 §3.2.4 wants the UID in it).
+        assert _read_line(watcher) == b"* 1 FETCH (UID 1 FLAGS (\\Deleted))"
         other.expunge()
         assert _read_line(watcher) == b"* 1 EXPUNGE"
 
