@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Final, Literal
 
 from mssante.logs import event
 from mssante.operator import mime
-from mssante.operator.imap import auth, queries, responses
+from mssante.operator.imap import auth, queries, responses, textsearch
 from mssante.operator.imap import fetch as fetch_items
 from mssante.operator.imap.commands import (
     AndKey,
@@ -139,6 +139,8 @@ def capabilities(
         "MULTIAPPEND",  # rfc/3502 (all messages in one transaction)
         "CONDSTORE",  # rfc/7162 §3.1 (MODSEQ, CHANGEDSINCE, UNCHANGEDSINCE; no QRESYNC)
         f"APPENDLIMIT={append_limit}",  # rfc/7889 (the reader's max_literal)
+        "ESEARCH",  # rfc/4731 (SEARCH RETURN (MIN MAX ALL COUNT SAVE))
+        "SEARCHRES",  # rfc/5182 (RETURN (SAVE) and `$`)
     ]
     return caps
 
@@ -186,7 +188,7 @@ def seal_message(cipher: BlobCipher, data: bytes) -> tuple[SealedBlob, SealedRec
         log.error("MIME parser failed, storing a minimal structure", exc_info=True)
         structure = mime.fallback(data)
     sealed = cipher.seal(data)
-    return sealed, blobmeta.seal_meta(cipher, sealed.digest, mime.to_json(structure))
+    return sealed, blobmeta.seal_meta(cipher, sealed.digest, mime.to_json(structure), data)
 
 
 def _has_modseq(key: SearchKey) -> bool:
@@ -230,6 +232,7 @@ class ImapSession:
         self.selected: Selected | None = None
         self.uids: list[int] = []
         self.condstore = False  # rfc/7162 §3.1: enabled by ENABLE or a CONDSTORE command
+        self.saved: list[int] = []  # rfc/5182 §2.1: the `$` of RETURN (SAVE), as UIDs
         self._queue: deque[Event] = deque()
         self._idle_task: asyncio.Task[None] | None = None
         self._idle_wake = asyncio.Event()
@@ -663,6 +666,7 @@ class ImapSession:
     def _deselect(self) -> None:
         self.selected = None
         self.uids = []
+        self.saved = []  # rfc/5182 §2.1: `$` is empty again after SELECT/EXAMINE/CLOSE/UNSELECT
 
     async def _select(self, cmd: Select) -> None:
         self._deselect()  # rfc/3501 §6.3.1: a failed SELECT leaves no mailbox selected
@@ -735,9 +739,12 @@ class ImapSession:
     # --- messages -----------------------------------------------------------------------------
 
     def _target_uids(self, sequence: SequenceSet, uid: bool) -> list[int] | None:
-        """UIDs a set names in the snapshot; None for `$` (not supported)."""
+        """UIDs a set names in the snapshot (never None: `$` is the saved result)."""
         if sequence.saved:
-            return None
+            # rfc/5182 §2.1: the saved UIDs, whether the command uses UIDs or numbers;
+            # those expunged since are no longer in the snapshot, so they drop out.
+            saved = set(self.saved)
+            return [u for u in self.uids if u in saved]
         if not self.uids:
             return []
         if uid:
@@ -865,10 +872,10 @@ class ImapSession:
     async def _search(self, cmd: Search) -> None:
         selected = self.selected
         assert selected is not None
-        if cmd.returns is not None:
-            await self._no_cannot(cmd.tag, "ESEARCH is not implemented yet")
-            return
+        saving = cmd.returns is not None and "SAVE" in cmd.returns
         if cmd.charset is not None and cmd.charset.upper() not in ("US-ASCII", "UTF-8"):
+            if saving:
+                self.saved = []  # rfc/5182 §2.1: a failed SAVE search empties `$`
             await self._send(
                 responses.tagged(
                     cmd.tag,
@@ -878,27 +885,73 @@ class ImapSession:
                 )
             )
             return
-        ctx = queries.SearchContext(tuple(self.uids))
+        ctx = queries.SearchContext(tuple(self.uids), tuple(self.saved))
         with_modseq = any(_has_modseq(k) for k in cmd.criteria)
         if with_modseq:
             self.condstore = True  # rfc/7162 §3.1: a CONDSTORE-enabling command
         try:
-            async with self.server.store.read_session() as session:
-                rows = await queries.search_modseqs(session, selected.folder_id, cmd.criteria, ctx)
+            found = await textsearch.search(
+                self.server.store, selected.folder_id, cmd.criteria, ctx
+            )
         except queries.UnsupportedError as exc:
+            if saving:
+                self.saved = []
             await self._no_cannot(cmd.tag, f"{exc}")
             return
-        found = [uid for uid, _ in rows]
-        if cmd.uid:
-            numbers = found
-        else:
-            seq_of = {u: i + 1 for i, u in enumerate(self.uids)}
-            numbers = [seq_of[u] for u in found if u in seq_of]
+        seq_of = {u: i + 1 for i, u in enumerate(self.uids)}
+        rows = [(f.uid, f.modseq) for f in found if f.uid in seq_of]
+        if cmd.returns is not None:
+            await self._esearch(cmd, rows, seq_of, with_modseq=with_modseq)
+            return
+        found_uids = [uid for uid, _ in rows]
+        numbers = found_uids if cmd.uid else [seq_of[u] for u in found_uids]
         # rfc/7162 §3.1.5: with a MODSEQ key, the highest MODSEQ of the messages found
         # (none when nothing is found).
         highest = max((m for _, m in rows), default=None) if with_modseq and numbers else None
         await self._send(
             responses.search(numbers, modseq=highest),
+            responses.tagged(cmd.tag, "OK", "SEARCH completed"),
+        )
+
+    async def _esearch(
+        self,
+        cmd: Search,
+        rows: list[tuple[int, int]],
+        seq_of: dict[int, int],
+        *,
+        with_modseq: bool,
+    ) -> None:
+        """SEARCH RETURN (…): the `* ESEARCH` answer of rfc/4731 §3.1 and SAVE (rfc/5182)."""
+        options = set(cmd.returns or ())
+        whole = bool(options & {"ALL", "COUNT"})
+        # rfc/4731 §3.1: MIN and MAX alone report (and, rfc/5182 §2.4, save) only those.
+        chosen = rows
+        if not whole and options & {"MIN", "MAX"}:
+            ends = ([rows[0]] if "MIN" in options else []) + (
+                [rows[-1]] if "MAX" in options else []
+            )
+            chosen = sorted(set(ends)) if rows else []
+        if "SAVE" in options:
+            self.saved = [uid for uid, _ in chosen]
+        if options == {"SAVE"}:  # rfc/5182 §2.1: SAVE alone sends no ESEARCH
+            await self._send(responses.tagged(cmd.tag, "OK", "SEARCH completed, result saved"))
+            return
+
+        def number(uid: int) -> int:
+            return uid if cmd.uid else seq_of[uid]
+
+        # rfc/7162 §3.1.5 (ESEARCH): the highest MODSEQ of the messages reported.
+        highest = max((m for _, m in chosen), default=None) if with_modseq else None
+        await self._send(
+            responses.esearch(
+                cmd.tag,
+                uid=cmd.uid,
+                min_=number(rows[0][0]) if rows and "MIN" in options else None,
+                max_=number(rows[-1][0]) if rows and "MAX" in options else None,
+                all_=[number(u) for u, _ in rows] if "ALL" in options else None,
+                count=len(rows) if "COUNT" in options else None,
+                modseq=highest,
+            ),
             responses.tagged(cmd.tag, "OK", "SEARCH completed"),
         )
 
