@@ -55,6 +55,7 @@ MAX_SQL_UIDS = 20_000  # a SEARCH set of many ranges becomes an IN list (SQLite:
 
 _MESSAGES = Base.metadata.tables["messages"]
 _MAILBOXES = Base.metadata.tables["mailboxes"]
+_BLOB_META = Base.metadata.tables["blob_meta"]
 
 
 class UnsupportedError(Exception):
@@ -398,27 +399,22 @@ async def search_rows(
     """The folder's messages up to `last_uid` matching `where`, ascending by UID, with each of
     `columns` evaluated (the parts of a search that SQL answers inside a larger expression),
     and the header filter when asked: one SELECT (rfc/3501 §6.4.4 over the store)."""
+    # Table columns, not ORM attributes: the rows come back without the ORM's per-row work
+    # (a third of the time of a 10,000-message header search).
+    m, meta = _MESSAGES.c, _BLOB_META.c
     extra = [case((c, True), else_=False) for c in columns]
-    filter_cols = (BlobMetaRow.search_filter, BlobMetaRow.key_id) if with_filter else ()
-    stmt = select(
-        MessageRow.uid, MessageRow.modseq, MessageRow.blob_id, MessageRow.size, *filter_cols, *extra
-    ).where(MessageRow.folder_id == folder_id, MessageRow.uid <= last_uid, *where)
+    filter_cols = (meta.search_filter, meta.key_id) if with_filter else ()
+    stmt = select(m.uid, m.modseq, m.blob_id, m.size, *filter_cols, *extra).where(
+        m.folder_id == folder_id, m.uid <= last_uid, *where
+    )
     if with_filter:
-        stmt = stmt.outerjoin(BlobMetaRow, BlobMetaRow.blob_id == MessageRow.blob_id)
-    rows = (await session.execute(stmt.order_by(MessageRow.uid))).all()
-    skip = 4 + len(filter_cols)
-    return [
-        SearchRow(
-            int(r[0]),
-            int(r[1]),
-            int(r[2]),
-            int(r[3]),
-            r[4] if with_filter else None,
-            r[5] if with_filter else None,
-            tuple(bool(v) for v in r[skip:]),
-        )
-        for r in rows
-    ]
+        stmt = stmt.outerjoin(_BLOB_META, meta.blob_id == m.blob_id)
+    rows = (await session.execute(stmt.order_by(m.uid))).all()
+    if with_filter:
+        return [
+            SearchRow(r[0], r[1], r[2], r[3], r[4], r[5], tuple(map(bool, r[6:]))) for r in rows
+        ]
+    return [SearchRow(r[0], r[1], r[2], r[3], None, None, tuple(map(bool, r[4:]))) for r in rows]
 
 
 async def open_blobs(

@@ -164,8 +164,12 @@ def key_field_needle(key: TextKey | HeaderKey) -> tuple[str | None, str]:
     return _TEXT_FIELDS.get(key.field), _needle(key.value)
 
 
+Judge = Callable[[queries.SearchRow], Maybe]
+
+
 class FilterProbe:
-    """Three-valued evaluation of a search on one row, without the message."""
+    """Three-valued evaluation of a search on one row, without the message. `compile` turns
+    the expression into nested closures once, so a row costs no key lookups."""
 
     def __init__(self, cipher: BlobCipher) -> None:
         self._cipher = cipher
@@ -182,36 +186,50 @@ class FilterProbe:
                 self._probes[cache_key] = searchfilter.probe(secret, field_name, needle)
         return self._probes[cache_key]
 
-    def evaluate(self, key: SearchKey, row: queries.SearchRow, plan_: Plan) -> Maybe:
-        if key in plan_.column_of:
-            return row.values[plan_.column_of[key]]
+    def compile(self, key: SearchKey, plan_: Plan) -> Judge:
+        index = plan_.column_of.get(key)
+        if index is not None:
+            return lambda row: row.values[index]
         if isinstance(key, NotKey):
-            inner = self.evaluate(key.key, row, plan_)
-            return None if inner is None else not inner
+            inner = self.compile(key.key, plan_)
+
+            def negate(row: queries.SearchRow) -> Maybe:
+                value = inner(row)
+                return None if value is None else not value
+
+            return negate
         if isinstance(key, OrKey):
-            left = self.evaluate(key.left, row, plan_)
-            if left is True:
-                return True
-            right = self.evaluate(key.right, row, plan_)
-            if right is True:
-                return True
-            return None if left is None or right is None else False
+            left, right = self.compile(key.left, plan_), self.compile(key.right, plan_)
+
+            def either(row: queries.SearchRow) -> Maybe:
+                a = left(row)
+                if a is True:
+                    return True
+                b = right(row)
+                if b is True:
+                    return True
+                return None if a is None or b is None else False
+
+            return either
         if isinstance(key, AndKey):
-            return _all3(self.evaluate(k, row, plan_) for k in key.keys)
+            parts = [self.compile(k, plan_) for k in key.keys]
+            return lambda row: _all3(part(row) for part in parts)
         if isinstance(key, TextKey | HeaderKey):
             field_name, needle = key_field_needle(key)
-            if (
-                field_name is None
-                or field_name not in searchfilter.INDEXED_FIELDS
-                or row.search_filter is None
-                or row.filter_key_id is None
-            ):
-                return None
-            probe = self._probe(row.filter_key_id, field_name, needle)
-            if probe is None or probe.may_match(searchfilter.as_int(row.search_filter)):
-                return None
-            return False
-        return None  # SENT*: needs the Date: header
+            if field_name is None or field_name not in searchfilter.INDEXED_FIELDS:
+                return lambda row: None
+            indexed_field = field_name
+
+            def header(row: queries.SearchRow) -> Maybe:
+                if row.search_filter is None or row.filter_key_id is None:
+                    return None
+                probe = self._probe(row.filter_key_id, indexed_field, needle)
+                if probe is None or probe.may_match(searchfilter.as_int(row.search_filter)):
+                    return None
+                return False
+
+            return header
+        return lambda row: None  # SENT*: needs the Date: header
 
 
 def _all3(values: Iterable[Maybe]) -> Maybe:
@@ -367,11 +385,12 @@ async def search(
     if the_plan.exact:
         return [Found(r.uid, r.modseq) for r in rows]
     cipher = store.cipher
-    probe = FilterProbe(cipher)
+    rest = AndKey(tuple(k for k in criteria if not is_sql(k)))  # the others are in WHERE
+    judge = FilterProbe(cipher).compile(rest, the_plan)
     kept: dict[int, queries.SearchRow] = {}
     unknown: list[queries.SearchRow] = []
     for row in rows:
-        verdict = _all3(probe.evaluate(k, row, the_plan) for k in criteria if not is_sql(k))
+        verdict = judge(row)
         if verdict is True:
             kept[row.uid] = row
         elif verdict is None:
