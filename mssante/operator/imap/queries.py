@@ -51,7 +51,6 @@ from mssante.operator.store.schema import (
 )
 
 MAX_SQL_RANGES = 100  # OR-ed UID ranges in one predicate; beyond, a bounding range + filter
-MAX_SQL_UIDS = 20_000  # a SEARCH set of many ranges becomes an IN list (SQLite: 32766 params)
 
 _MESSAGES = Base.metadata.tables["messages"]
 _MAILBOXES = Base.metadata.tables["mailboxes"]
@@ -330,11 +329,12 @@ def search_predicate(key: SearchKey, ctx: SearchContext) -> ColumnElement[bool]:
 def _runs_predicate(runs: Sequence[tuple[int, int]], ctx: SearchContext) -> ColumnElement[bool]:
     if len(runs) <= MAX_SQL_RANGES:
         return uid_predicate(runs)
-    # Many ranges: the snapshot's UIDs within them, as one IN list.
+    # Many ranges: the snapshot's UIDs within them, as one IN list of literal integers
+    # (rendered into the statement: no bound-parameter limit, SQLite's is 32766).
     uids = [u for u in ctx.uids if _within(u, runs)]
-    if len(uids) > MAX_SQL_UIDS:
-        raise UnsupportedError(f"a set of more than {MAX_SQL_UIDS} scattered messages in SEARCH")
-    return MessageRow.uid.in_(uids) if uids else false()
+    if not uids:
+        return false()
+    return MessageRow.uid.in_(bindparam(None, uids, expanding=True, literal_execute=True))
 
 
 def _within(uid: int, runs: Sequence[tuple[int, int]]) -> bool:
@@ -417,10 +417,20 @@ async def search_rows(
     return [SearchRow(r[0], r[1], r[2], r[3], None, None, tuple(map(bool, r[4:]))) for r in rows]
 
 
-async def open_blobs(
-    session: AsyncSession, cipher: BlobCipher, blob_ids: Sequence[int]
-) -> dict[int, bytes]:
-    """The plaintext of these blobs, read in one SELECT (a SEARCH batch)."""
+@dataclass(frozen=True, slots=True)
+class SealedBody:
+    key_id: str
+    nonce: bytes
+    ciphertext: bytes
+    digest: str
+
+    def open(self, cipher: BlobCipher) -> bytes:
+        return cipher.open(self.key_id, self.nonce, self.ciphertext, self.digest)
+
+
+async def sealed_blobs(session: AsyncSession, blob_ids: Sequence[int]) -> dict[int, SealedBody]:
+    """The sealed bodies of these blobs, read in one SELECT (a SEARCH batch); the caller
+    decrypts them off the event loop."""
     if not blob_ids:
         return {}
     rows = (
@@ -430,7 +440,7 @@ async def open_blobs(
             ).where(BlobRow.id.in_(sorted(set(blob_ids))))
         )
     ).all()
-    return {int(r[0]): cipher.open(r[1], r[2], r[3], r[4]) for r in rows}
+    return {int(r[0]): SealedBody(r[1], r[2], r[3], r[4]) for r in rows}
 
 
 # --- STORE (rfc/3501 §6.4.6) and EXPUNGE (§6.4.3) --------------------------------------------

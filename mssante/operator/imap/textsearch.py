@@ -30,7 +30,6 @@ from dataclasses import dataclass, field
 from typing import Final
 
 from sqlalchemy import ColumnElement, and_
-from sqlalchemy.ext.asyncio import AsyncSession
 
 from mssante.operator import mime
 from mssante.operator.imap import queries
@@ -397,15 +396,11 @@ async def search(
             unknown.append(row)
     for batch in _batches(unknown):
         async with store.read_session() as session:
-            blobs = await _open(session, cipher, [r.blob_id for r in batch])
-        matched = await asyncio.to_thread(_check_batch, batch, blobs, criteria, the_plan)
+            sealed = await queries.sealed_blobs(session, [r.blob_id for r in batch])
+        matched = await asyncio.to_thread(_check_batch, cipher, batch, sealed, criteria, the_plan)
         for row in matched:
             kept[row.uid] = row
     return [Found(uid, kept[uid].modseq) for uid in sorted(kept)]
-
-
-async def _open(session: AsyncSession, cipher: BlobCipher, ids: list[int]) -> dict[int, bytes]:
-    return await queries.open_blobs(session, cipher, ids)
 
 
 def _batches(rows: Sequence[queries.SearchRow]) -> Iterable[list[queries.SearchRow]]:
@@ -422,18 +417,20 @@ def _batches(rows: Sequence[queries.SearchRow]) -> Iterable[list[queries.SearchR
 
 
 def _check_batch(
+    cipher: BlobCipher,
     batch: Sequence[queries.SearchRow],
-    blobs: dict[int, bytes],
+    sealed: dict[int, queries.SealedBody],
     criteria: Sequence[SearchKey],
     the_plan: Plan,
 ) -> list[queries.SearchRow]:
-    """The rows of a decrypted batch that match exactly (CPU only: run in a worker thread)."""
+    """The rows of a batch that match exactly, decrypted one at a time (CPU only: run in a
+    worker thread; only one batch's ciphertexts and one plaintext are held at once)."""
     matched: list[queries.SearchRow] = []
     for row in batch:
-        raw = blobs.get(row.blob_id)
-        if raw is None:
+        body = sealed.get(row.blob_id)
+        if body is None:  # expunged since step 1
             continue
-        message = MessageText(raw)
+        message = MessageText(body.open(cipher))
 
         def known(key: SearchKey, row: queries.SearchRow = row) -> bool:
             index = the_plan.column_of.get(key)

@@ -187,6 +187,11 @@ async def test_header_keys_encoded_words_and_case(imap: Imap) -> None:  # noqa: 
         assert _search(client, "(OR SEEN FROM agenda)", "UNFLAGGED") == [3]
         assert _search(client, "NOT", "(FROM jerome UNFLAGGED)") == [2, 3]
         assert _search(client, "2:3", "TO", "jean") == [2, 3]
+        # A set of more than 100 ranges (once refused): an IN list of the snapshot's UIDs.
+        odd = ",".join(str(n) for n in range(1, 402, 2))
+        assert _search(client, "UID", odd) == [1, 3]
+        assert _search(client, "NOT", "UID", odd, "TO", "jean") == [2]
+        assert _search(client, "OR", "UID", odd, "FROM", "dr.pair") == [1, 2, 3]
         typ, data = client.uid("SEARCH", "FROM", "dr.pair")
         assert (typ, data) == ("OK", [b"2"])
         client.logout()
