@@ -313,7 +313,10 @@ def sent_date(value: str | None) -> dt.date | None:
 
 
 def matches(key: SearchKey, message: MessageText, known: Callable[[SearchKey], bool]) -> bool:
-    """Whether the message matches; `known` answers the SQL-able keys."""
+    """Whether the message matches; `known` answers the SQL-able keys (whole subtrees, as
+    `plan` registered them: `NOT SEEN` is one column, not SEEN negated here)."""
+    if is_sql(key):
+        return known(key)
     if isinstance(key, NotKey):
         return not matches(key.key, message, known)
     if isinstance(key, OrKey):
@@ -433,8 +436,9 @@ def _check_batch(
         message = MessageText(body.open(cipher))
 
         def known(key: SearchKey, row: queries.SearchRow = row) -> bool:
-            index = the_plan.column_of.get(key)
-            return True if index is None else row.values[index]
+            # Every SQL-able subtree of a mixed key has its column; top-level SQL-able
+            # criteria are not asked (they are in the WHERE clause).
+            return row.values[the_plan.column_of[key]]
 
         if all(matches(k, message, known) for k in criteria if not is_sql(k)):
             matched.append(row)

@@ -186,6 +186,13 @@ async def test_header_keys_encoded_words_and_case(imap: Imap) -> None:  # noqa: 
         assert _search(client, "NOT", "FLAGGED", "NOT", "SUBJECT", "rendu") == [1, 3]
         assert _search(client, "(OR SEEN FROM agenda)", "UNFLAGGED") == [3]
         assert _search(client, "NOT", "(FROM jerome UNFLAGGED)") == [2, 3]
+        assert _search(client, "OR", "FROM", "dr.pair", "NOT", "FLAGGED") == [1, 2, 3]
+        assert _search(client, "OR", "FROM", "agenda", "NOT", "FLAGGED") == [1, 3]
+        assert _search(client, "OR", "SUBJECT", "rendu", "NOT", "UID", "1:2") == [2, 3]
+        assert _search(client, "NOT", "(NOT FLAGGED FROM jerome)") == [2, 3]
+        # A SQL subtree (NOT FLAGGED) inside a key that needs the decrypted message.
+        assert _search(client, "OR", "(BODY rappel NOT FLAGGED)", "SUBJECT", "zzz") == [3]
+        assert _search(client, "OR", "(BODY bloc NOT FLAGGED)", "SUBJECT", "zzz") == []
         assert _search(client, "2:3", "TO", "jean") == [2, 3]
         # A set of more than 100 ranges (once refused): an IN list of the snapshot's UIDs.
         odd = ",".join(str(n) for n in range(1, 402, 2))
