@@ -898,6 +898,10 @@ class ImapSession:
                 self.saved = []
             await self._no_cannot(cmd.tag, f"{exc}")
             return
+        except StoreError:
+            if saving:
+                self.saved = []  # rfc/5182 §2.1; the caller answers NO [UNAVAILABLE]
+            raise
         seq_of = {u: i + 1 for i, u in enumerate(self.uids)}
         rows = [(f.uid, f.modseq) for f in found if f.uid in seq_of]
         if cmd.returns is not None:
@@ -926,11 +930,11 @@ class ImapSession:
         whole = bool(options & {"ALL", "COUNT"})
         # rfc/4731 §3.1: MIN and MAX alone report (and, rfc/5182 §2.4, save) only those.
         chosen = rows
-        if not whole and options & {"MIN", "MAX"}:
-            ends = ([rows[0]] if "MIN" in options else []) + (
-                [rows[-1]] if "MAX" in options else []
-            )
-            chosen = sorted(set(ends)) if rows else []
+        if rows and not whole and options & {"MIN", "MAX"}:
+            ends = {rows[0]} if "MIN" in options else set()
+            if "MAX" in options:
+                ends.add(rows[-1])
+            chosen = sorted(ends)
         if "SAVE" in options:
             self.saved = [uid for uid, _ in chosen]
         if options == {"SAVE"}:  # rfc/5182 §2.1: SAVE alone sends no ESEARCH

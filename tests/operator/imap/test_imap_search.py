@@ -266,6 +266,10 @@ async def test_esearch_return_options(imap: Imap) -> None:  # noqa: F811
         assert re.fullmatch(rb'\(TAG "[A-Z0-9]+"\) COUNT 0', text), text
         typ, text = _esearch(client, tag, "(MIN MAX ALL)", "SUBJECT", "introuvable")
         assert re.fullmatch(rb'\(TAG "[A-Z0-9]+"\)', text), text
+        typ, text = _esearch(client, tag, "(MIN)", "SUBJECT", "introuvable")
+        assert (typ, re.fullmatch(rb'\(TAG "[A-Z0-9]+"\)', text) is not None) == ("OK", True)
+        typ, text = _esearch(client, tag, "(MAX SAVE)", "SUBJECT", "introuvable")
+        assert re.fullmatch(rb'\(TAG "[A-Z0-9]+"\)', text), text
         typ, text = _esearch(client, tag, "()", "FLAGGED")  # RETURN () is ALL
         assert re.fullmatch(rb'\(TAG "[A-Z0-9]+"\) ALL 3', text), text
         typ, text = _esearch(client, tag, "(MAX)", "ALL")
