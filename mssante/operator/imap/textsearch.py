@@ -121,15 +121,11 @@ def _over(key: SearchKey, ctx: queries.SearchContext) -> ColumnElement[bool] | N
         return queries.search_predicate(key, ctx)
     if isinstance(key, AndKey):
         parts = [p for p in (_over(k, ctx) for k in key.keys) if p is not None]
-        return None if not parts else parts[0] if len(parts) == 1 else _and(parts)
+        return None if not parts else parts[0] if len(parts) == 1 else and_(*parts)
     if isinstance(key, OrKey):
         left, right = _over(key.left, ctx), _over(key.right, ctx)
         return None if left is None or right is None else left | right
     return None  # a text key, or NOT of a mixed expression
-
-
-def _and(parts: list[ColumnElement[bool]]) -> ColumnElement[bool]:
-    return and_(*parts)
 
 
 def _columns(key: SearchKey, ctx: queries.SearchContext, into: Plan) -> None:
