@@ -286,7 +286,7 @@ def _assemble_and_seal(
         log.error("MIME parser failed, storing a minimal structure", exc_info=True)
         structure = mime.fallback(final)
     sealed = cipher.seal(final)
-    meta = blobmeta.seal_meta(cipher, sealed.digest, mime.to_json(structure))
+    meta = blobmeta.seal_meta(cipher, sealed.digest, mime.to_json(structure), final)
     return sealed, len(final), meta
 
 

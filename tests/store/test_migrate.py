@@ -67,8 +67,8 @@ async def _diff(url: str, metadata: MetaData) -> list[Any]:
         await engine.dispose()
 
 
-def test_head_is_the_shared_mailboxes_revision() -> None:
-    assert head_revision() == "0003"
+def test_head_is_the_search_revision() -> None:
+    assert head_revision() == "0004"
 
 
 async def test_upgrade_from_empty_to_head(store_url: str) -> None:

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from sqlalchemy import ColumnElement, and_, bindparam, delete, false, func, insert, or_, select
 from sqlalchemy import update as sql_update
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.sql.expression import case
 
 from mssante.operator import mime
 from mssante.operator.imap import fetch as fetch_items
@@ -23,6 +24,7 @@ from mssante.operator.imap.commands import (
     AndKey,
     DateKey,
     FlagKey,
+    KeywordKey,
     ModSeqKey,
     NotKey,
     OrKey,
@@ -32,7 +34,7 @@ from mssante.operator.imap.commands import (
     StoreAction,
     UidKey,
 )
-from mssante.operator.imap.sequence import SequenceSet, compress
+from mssante.operator.imap.sequence import compress
 from mssante.operator.store import blobmeta
 from mssante.operator.store import seen as store_seen
 from mssante.operator.store.crypto import BlobCipher
@@ -53,6 +55,7 @@ MAX_SQL_RANGES = 100  # OR-ed UID ranges in one predicate; beyond, a bounding ra
 
 _MESSAGES = Base.metadata.tables["messages"]
 _MAILBOXES = Base.metadata.tables["mailboxes"]
+_BLOB_META = Base.metadata.tables["blob_meta"]
 
 
 class UnsupportedError(Exception):
@@ -258,12 +261,16 @@ class SearchContext:
 
     uids: Sequence[int]
     reader_id: int | None = None  # a grantee: SEEN is their own \\Seen (store.seen)
+    saved: Sequence[int] = ()  # the `$` of rfc/5182 (UIDs, ascending)
 
 
-def _set_runs(sequence: SequenceSet, largest: int) -> list[tuple[int, int]]:
-    if sequence.saved:
-        raise UnsupportedError("the saved search result $ (SEARCHRES) is not supported yet")
-    return sequence.resolve(largest)
+def _keyword_predicate(key: KeywordKey) -> ColumnElement[bool]:
+    # `keywords` is space-separated: match the whole word, case-insensitively (flags are,
+    # rfc/3501 §2.3.2), with LIKE's own wildcards escaped (`_` is valid in an atom).
+    word = key.keyword.lower().replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    padded = func.lower(" " + func.coalesce(MessageRow.keywords, "") + " ")
+    found = padded.like(f"% {word} %", escape="\\")
+    return ~found if key.negated else found
 
 
 def search_predicate(key: SearchKey, ctx: SearchContext) -> ColumnElement[bool]:
@@ -296,16 +303,22 @@ def search_predicate(key: SearchKey, ctx: SearchContext) -> ColumnElement[bool]:
         if key.field == "ON":
             return and_(MessageRow.internal_date >= start, MessageRow.internal_date < end)
         raise UnsupportedError(f"search key {key.field} (Date: header) is not supported yet")
+    if isinstance(key, KeywordKey):
+        return _keyword_predicate(key)
+    if isinstance(key, UidKey | SeqKey):
+        sequence = key.uids if isinstance(key, UidKey) else key.sequence
+        if sequence.saved:  # rfc/5182 §2.1: `$` holds UIDs, whether used as UIDs or numbers
+            return _runs_predicate(compress(ctx.saved), ctx)
     if isinstance(key, UidKey):
         largest = ctx.uids[-1] if ctx.uids else 0
-        runs = _set_runs(key.uids, largest) if largest else []
-        return _runs_predicate(runs)
+        runs = key.uids.resolve(largest) if largest else []
+        return _runs_predicate(runs, ctx)
     if isinstance(key, SeqKey):
         if not ctx.uids:
             return false()
-        runs = _set_runs(key.sequence, len(ctx.uids))
+        runs = key.sequence.resolve(len(ctx.uids))
         uids = [ctx.uids[n - 1] for lo, hi in runs for n in range(lo, min(hi, len(ctx.uids)) + 1)]
-        return _runs_predicate(compress(uids))
+        return _runs_predicate(compress(uids), ctx)
     if isinstance(key, ModSeqKey):
         # rfc/7162 §3.1.5: a MODSEQ greater than or equal to the value. Per-flag entries
         # are not kept apart: every entry name is matched against the message's MODSEQ
@@ -320,10 +333,29 @@ def search_predicate(key: SearchKey, ctx: SearchContext) -> ColumnElement[bool]:
     raise UnsupportedError(f"search key {type(key).__name__} is not supported yet")
 
 
-def _runs_predicate(runs: Sequence[tuple[int, int]]) -> ColumnElement[bool]:
-    if len(runs) > MAX_SQL_RANGES:
-        raise UnsupportedError("a set of more than 100 ranges in SEARCH")
-    return uid_predicate(runs)
+def _runs_predicate(runs: Sequence[tuple[int, int]], ctx: SearchContext) -> ColumnElement[bool]:
+    if len(runs) <= MAX_SQL_RANGES:
+        return uid_predicate(runs)
+    # Many ranges: the snapshot's UIDs within them, as one IN list of literal integers
+    # (rendered into the statement: no bound-parameter limit, SQLite's is 32766).
+    uids = [u for u in ctx.uids if _within(u, runs)]
+    if not uids:
+        return false()
+    return MessageRow.uid.in_(bindparam(None, uids, expanding=True, literal_execute=True))
+
+
+def _within(uid: int, runs: Sequence[tuple[int, int]]) -> bool:
+    lo_index, hi_index = 0, len(runs)  # runs are ascending and disjoint (`resolve`, `compress`)
+    while lo_index < hi_index:
+        mid = (lo_index + hi_index) // 2
+        lo, hi = runs[mid]
+        if uid < lo:
+            hi_index = mid
+        elif uid > hi:
+            lo_index = mid + 1
+        else:
+            return True
+    return False
 
 
 async def search_uids(
@@ -346,6 +378,76 @@ async def search_modseqs(
         .order_by(MessageRow.uid)
     )
     return [(int(r[0]), int(r[1])) for r in result.all()]
+
+
+@dataclass(frozen=True, slots=True)
+class SearchRow:
+    """A message a SEARCH may return: `values` are the extra boolean columns asked for,
+    `search_filter` and `filter_key_id` its header filter (`store.searchfilter`), if any."""
+
+    uid: int
+    modseq: int
+    blob_id: int
+    size: int
+    search_filter: bytes | None
+    filter_key_id: str | None
+    values: tuple[bool, ...]
+
+
+async def search_rows(
+    session: AsyncSession,
+    folder_id: int,
+    last_uid: int,
+    where: Sequence[ColumnElement[bool]],
+    columns: Sequence[ColumnElement[bool]],
+    *,
+    with_filter: bool,
+) -> list[SearchRow]:
+    """The folder's messages up to `last_uid` matching `where`, ascending by UID, with each of
+    `columns` evaluated (the parts of a search that SQL answers inside a larger expression),
+    and the header filter when asked: one SELECT (rfc/3501 §6.4.4 over the store)."""
+    # Table columns, not ORM attributes: the rows come back without the ORM's per-row work
+    # (a third of the time of a 10,000-message header search).
+    m, meta = _MESSAGES.c, _BLOB_META.c
+    extra = [case((c, True), else_=False) for c in columns]
+    filter_cols = (meta.search_filter, meta.key_id) if with_filter else ()
+    stmt = select(m.uid, m.modseq, m.blob_id, m.size, *filter_cols, *extra).where(
+        m.folder_id == folder_id, m.uid <= last_uid, *where
+    )
+    if with_filter:
+        stmt = stmt.outerjoin(_BLOB_META, meta.blob_id == m.blob_id)
+    rows = (await session.execute(stmt.order_by(m.uid))).all()
+    if with_filter:
+        return [
+            SearchRow(r[0], r[1], r[2], r[3], r[4], r[5], tuple(map(bool, r[6:]))) for r in rows
+        ]
+    return [SearchRow(r[0], r[1], r[2], r[3], None, None, tuple(map(bool, r[4:]))) for r in rows]
+
+
+@dataclass(frozen=True, slots=True)
+class SealedBody:
+    key_id: str
+    nonce: bytes
+    ciphertext: bytes
+    digest: str
+
+    def open(self, cipher: BlobCipher) -> bytes:
+        return cipher.open(self.key_id, self.nonce, self.ciphertext, self.digest)
+
+
+async def sealed_blobs(session: AsyncSession, blob_ids: Sequence[int]) -> dict[int, SealedBody]:
+    """The sealed bodies of these blobs, read in one SELECT (a SEARCH batch); the caller
+    decrypts them off the event loop."""
+    if not blob_ids:
+        return {}
+    rows = (
+        await session.execute(
+            select(
+                BlobRow.id, BlobRow.key_id, BlobRow.nonce, BlobRow.ciphertext, BlobRow.digest
+            ).where(BlobRow.id.in_(sorted(set(blob_ids))))
+        )
+    ).all()
+    return {int(r[0]): SealedBody(r[1], r[2], r[3], r[4]) for r in rows}
 
 
 # --- STORE (rfc/3501 §6.4.6) and EXPUNGE (§6.4.3) --------------------------------------------

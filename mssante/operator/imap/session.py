@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Final, Literal
 
 from mssante.logs import event
 from mssante.operator import mime
-from mssante.operator.imap import auth, queries, quota, responses, shared, updates
+from mssante.operator.imap import auth, queries, quota, responses, shared, textsearch, updates
 from mssante.operator.imap import fetch as fetch_items
 from mssante.operator.imap.binary import UnknownEncodingError
 from mssante.operator.imap.commands import (
@@ -178,6 +178,8 @@ def capabilities(
         "QUOTA",  # rfc/9208 (GETQUOTA, GETQUOTAROOT; SETQUOTA refused: quota.py)
         "QUOTA=RES-STORAGE",  # rfc/9208 §5.1 (with STATUS DELETED-STORAGE)
         "STATUS=SIZE",  # rfc/8438 (STATUS SIZE)
+        "ESEARCH",  # rfc/4731 (SEARCH RETURN (MIN MAX ALL COUNT SAVE))
+        "SEARCHRES",  # rfc/5182 (RETURN (SAVE) and `$`)
     ]
     return caps
 
@@ -225,7 +227,7 @@ def seal_message(cipher: BlobCipher, data: bytes) -> tuple[SealedBlob, SealedRec
         log.error("MIME parser failed, storing a minimal structure", exc_info=True)
         structure = mime.fallback(data)
     sealed = cipher.seal(data)
-    return sealed, blobmeta.seal_meta(cipher, sealed.digest, mime.to_json(structure))
+    return sealed, blobmeta.seal_meta(cipher, sealed.digest, mime.to_json(structure), data)
 
 
 def _has_modseq(key: SearchKey) -> bool:
@@ -276,6 +278,7 @@ class ImapSession:
         self.modseq_seen = 0
         self._marker: tuple[int, int] | None = None
         self._reported: dict[int, int] = {}
+        self.saved: list[int] = []  # rfc/5182 §2.1: the `$` of RETURN (SAVE), as UIDs
         self._queue: deque[Event] = deque()
         self._idle_task: asyncio.Task[None] | None = None
         self._idle_wake = asyncio.Event()
@@ -854,6 +857,7 @@ class ImapSession:
         self.modseq_seen = 0
         self._marker = None
         self._reported = {}
+        self.saved = []  # rfc/5182 §2.1: `$` is empty again after SELECT/EXAMINE/CLOSE/UNSELECT
 
     async def _select(self, cmd: Select) -> None:
         if cmd.qresync is not None and not self.qresync:
@@ -978,9 +982,12 @@ class ImapSession:
     # --- messages -----------------------------------------------------------------------------
 
     def _target_uids(self, sequence: SequenceSet, uid: bool) -> list[int] | None:
-        """UIDs a set names in the snapshot; None for `$` (not supported)."""
+        """UIDs a set names in the snapshot (never None: `$` is the saved result)."""
         if sequence.saved:
-            return None
+            # rfc/5182 §2.1: the saved UIDs, whether the command uses UIDs or numbers;
+            # those expunged since are no longer in the snapshot, so they drop out.
+            saved = set(self.saved)
+            return [u for u in self.uids if u in saved]
         if not self.uids:
             return []
         if uid:
@@ -1205,10 +1212,10 @@ class ImapSession:
     async def _search(self, cmd: Search) -> None:
         selected = self.selected
         assert selected is not None
-        if cmd.returns is not None:
-            await self._no_cannot(cmd.tag, "ESEARCH is not implemented yet")
-            return
+        saving = cmd.returns is not None and "SAVE" in cmd.returns
         if cmd.charset is not None and cmd.charset.upper() not in ("US-ASCII", "UTF-8"):
+            if saving:
+                self.saved = []  # rfc/5182 §2.1: a failed SAVE search empties `$`
             await self._send(
                 responses.tagged(
                     cmd.tag,
@@ -1220,26 +1227,78 @@ class ImapSession:
             return
         account = self.account
         reader = None if selected.access is None or account is None else account.mailbox_id
-        ctx = queries.SearchContext(tuple(self.uids), reader_id=reader)
+        ctx = queries.SearchContext(tuple(self.uids), reader_id=reader, saved=tuple(self.saved))
         with_modseq = any(_has_modseq(k) for k in cmd.criteria)
         if with_modseq:
             self.condstore = True  # rfc/7162 §3.1: a CONDSTORE-enabling command
         try:
-            async with self.server.store.read_session() as session:
-                rows = await queries.search_modseqs(session, selected.folder_id, cmd.criteria, ctx)
+            found = await textsearch.search(
+                self.server.store, selected.folder_id, cmd.criteria, ctx
+            )
         except queries.UnsupportedError as exc:
+            if saving:
+                self.saved = []
             await self._no_cannot(cmd.tag, f"{exc}")
             return
-        found = [uid for uid, _ in rows]
-        if cmd.uid:
-            numbers = found
-        else:
-            seq_of = {u: i + 1 for i, u in enumerate(self.uids)}
-            numbers = [seq_of[u] for u in found if u in seq_of]
+        except StoreError:
+            if saving:
+                self.saved = []  # rfc/5182 §2.1; the caller answers NO [UNAVAILABLE]
+            raise
+        seq_of = {u: i + 1 for i, u in enumerate(self.uids)}
+        rows = [(f.uid, f.modseq) for f in found if f.uid in seq_of]
+        if cmd.returns is not None:
+            await self._esearch(cmd, rows, seq_of, with_modseq=with_modseq)
+            return
+        found_uids = [uid for uid, _ in rows]
+        numbers = found_uids if cmd.uid else [seq_of[u] for u in found_uids]
         # rfc/7162 §3.1.5: with a MODSEQ key, the highest MODSEQ of the messages found
         # (none when nothing is found).
         highest = max((m for _, m in rows), default=None) if with_modseq and numbers else None
         await self._send(responses.search(numbers, modseq=highest))
+        await self._refresh(expunge=cmd.uid)  # rfc/3501 §7.4.1: no EXPUNGE during SEARCH
+        await self._send(responses.tagged(cmd.tag, "OK", "SEARCH completed"))
+
+    async def _esearch(
+        self,
+        cmd: Search,
+        rows: list[tuple[int, int]],
+        seq_of: dict[int, int],
+        *,
+        with_modseq: bool,
+    ) -> None:
+        """SEARCH RETURN (…): the `* ESEARCH` answer of rfc/4731 §3.1 and SAVE (rfc/5182)."""
+        options = set(cmd.returns or ())
+        whole = bool(options & {"ALL", "COUNT"})
+        # rfc/4731 §3.1: MIN and MAX alone report (and, rfc/5182 §2.4, save) only those.
+        chosen = rows
+        if rows and not whole and options & {"MIN", "MAX"}:
+            ends = {rows[0]} if "MIN" in options else set()
+            if "MAX" in options:
+                ends.add(rows[-1])
+            chosen = sorted(ends)
+        if "SAVE" in options:
+            self.saved = [uid for uid, _ in chosen]
+        if options == {"SAVE"}:  # rfc/5182 §2.1: SAVE alone sends no ESEARCH
+            await self._refresh(expunge=cmd.uid)
+            await self._send(responses.tagged(cmd.tag, "OK", "SEARCH completed, result saved"))
+            return
+
+        def number(uid: int) -> int:
+            return uid if cmd.uid else seq_of[uid]
+
+        # rfc/7162 §3.1.5 (ESEARCH): the highest MODSEQ of the messages reported.
+        highest = max((m for _, m in chosen), default=None) if with_modseq else None
+        await self._send(
+            responses.esearch(
+                cmd.tag,
+                uid=cmd.uid,
+                min_=number(rows[0][0]) if rows and "MIN" in options else None,
+                max_=number(rows[-1][0]) if rows and "MAX" in options else None,
+                all_=[number(u) for u, _ in rows] if "ALL" in options else None,
+                count=len(rows) if "COUNT" in options else None,
+                modseq=highest,
+            ),
+        )
         await self._refresh(expunge=cmd.uid)  # rfc/3501 §7.4.1: no EXPUNGE during SEARCH
         await self._send(responses.tagged(cmd.tag, "OK", "SEARCH completed"))
 

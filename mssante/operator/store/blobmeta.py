@@ -11,11 +11,12 @@ The store deals in bytes (the JSON); `operator.mime.from_json` turns them back i
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 from sqlalchemy import insert, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from mssante.operator.store import _sql
+from mssante.operator.store import _sql, searchfilter
 from mssante.operator.store.crypto import BlobCipher, SealedRecord
 from mssante.operator.store.errors import NotFound
 from mssante.operator.store.schema import Base, BlobMetaRow, BlobRow, utcnow
@@ -26,9 +27,33 @@ def context(blob_digest: str) -> bytes:
     return b"blob_meta\x00" + blob_digest.encode("ascii")
 
 
-def seal_meta(cipher: BlobCipher, blob_digest: str, plaintext: bytes) -> SealedRecord:
-    """Seal outside any transaction; store with `put_blob_meta`."""
-    return cipher.seal_record(plaintext, context(blob_digest))
+@dataclass(frozen=True)
+class SealedMeta(SealedRecord):
+    """A sealed structure with the message's search filter (`searchfilter`), built under the
+    same storage key."""
+
+    search_filter: bytes | None = None
+
+
+def seal_meta(
+    cipher: BlobCipher, blob_digest: str, plaintext: bytes, message: bytes | None = None
+) -> SealedRecord:
+    """Seal outside any transaction; store with `put_blob_meta`. With the `message` itself,
+    its header search filter is built too (same worker thread, same key)."""
+    sealed = cipher.seal_record(plaintext, context(blob_digest))
+    if message is None:
+        return sealed
+    key = cipher.search_key(sealed.key_id)
+    return SealedMeta(
+        sealed.key_id,
+        sealed.nonce,
+        sealed.ciphertext,
+        searchfilter.build_for_message(key, message),
+    )
+
+
+def _filter_of(sealed: SealedRecord) -> bytes | None:
+    return sealed.search_filter if isinstance(sealed, SealedMeta) else None
 
 
 async def put_blob_meta(session: AsyncSession, items: Sequence[tuple[int, SealedRecord]]) -> None:
@@ -48,6 +73,7 @@ async def put_blob_meta(session: AsyncSession, items: Sequence[tuple[int, Sealed
                 "key_id": sealed.key_id,
                 "nonce": sealed.nonce,
                 "ciphertext": sealed.ciphertext,
+                "search_filter": _filter_of(sealed),
                 "created_at": now,
             }
             for blob_id, sealed in items
@@ -76,6 +102,7 @@ async def add_new_blob_meta(
                 "key_id": sealed.key_id,
                 "nonce": sealed.nonce,
                 "ciphertext": sealed.ciphertext,
+                "search_filter": _filter_of(sealed),
                 "created_at": now,
             }
             for blob_id, sealed in items
@@ -105,8 +132,12 @@ async def rekey_meta(
     old_digest: str,
     new_blob_id: int,
     new_digest: str,
+    message: bytes | None = None,
 ) -> None:
     """Re-seal a blob's structure under the current key for its new digest (key rotation).
+
+    The search filter is keyed like the structure: with the blob's plaintext `message` it is
+    rebuilt under the current key, else it is dropped (NULL: always a search candidate).
 
     When the blob is merged into a twin (`new_blob_id` differs), the structure is given to
     the twin unless it has one; the old row goes with its blob (ON DELETE CASCADE).
@@ -122,13 +153,18 @@ async def rekey_meta(
         return
     key_id, nonce, ciphertext = row
     plaintext = cipher.open_record(key_id, nonce, ciphertext, context(old_digest))
-    sealed = seal_meta(cipher, new_digest, plaintext)
+    sealed = seal_meta(cipher, new_digest, plaintext, message)
     if new_blob_id != old_blob_id:
         await put_blob_meta(session, [(new_blob_id, sealed)])
         return
     await session.execute(
         update(BlobMetaRow)
         .where(BlobMetaRow.blob_id == old_blob_id)
-        .values(key_id=sealed.key_id, nonce=sealed.nonce, ciphertext=sealed.ciphertext)
+        .values(
+            key_id=sealed.key_id,
+            nonce=sealed.nonce,
+            ciphertext=sealed.ciphertext,
+            search_filter=_filter_of(sealed),
+        )
         .execution_options(synchronize_session=False)
     )

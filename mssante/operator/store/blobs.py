@@ -159,12 +159,15 @@ async def _rekey_batch(store: Store, after_id: int, batch_size: int) -> tuple[in
             )
         ).all()
         for blob_id, key_id, nonce, ciphertext, digest in rows:
-            sealed = cipher.seal(cipher.open(key_id, nonce, ciphertext, digest))
+            plaintext = cipher.open(key_id, nonce, ciphertext, digest)
+            sealed = cipher.seal(plaintext)
             twin = await _find(session, sealed.digest)
             if twin is not None:
                 # The same content was stored again under the new key before this rotation:
                 # keep that copy, point every reference at it, drop this one.
-                await blobmeta.rekey_meta(session, cipher, blob_id, digest, twin, sealed.digest)
+                await blobmeta.rekey_meta(
+                    session, cipher, blob_id, digest, twin, sealed.digest, plaintext
+                )
                 for model in (MessageRow, QueueMessageRow, DsnRequestRow):
                     await session.execute(
                         update(model)
@@ -174,7 +177,9 @@ async def _rekey_batch(store: Store, after_id: int, batch_size: int) -> tuple[in
                     )
                 await session.execute(delete(BlobRow).where(BlobRow.id == blob_id))
             else:
-                await blobmeta.rekey_meta(session, cipher, blob_id, digest, blob_id, sealed.digest)
+                await blobmeta.rekey_meta(
+                    session, cipher, blob_id, digest, blob_id, sealed.digest, plaintext
+                )
                 await session.execute(
                     update(BlobRow)
                     .where(BlobRow.id == blob_id)

@@ -40,6 +40,7 @@ _DIGEST_LABEL = b"mssante blob digest v1"
 _AAD_LABEL = b"mssante blob v1\x00"
 _RECORD_LABEL = b"mssante record encryption v1"
 _RECORD_AAD_LABEL = b"mssante record v1\x00"
+_SEARCH_LABEL = b"mssante search filter v1"
 
 # Key ids are stored in every blob row (String(64)) and appear in logs and configuration.
 _KEY_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
@@ -82,6 +83,7 @@ class BlobCipher:
         self._aead: dict[str, AESGCM] = {}
         self._record_aead: dict[str, AESGCM] = {}
         self._mac_keys: dict[str, bytes] = {}
+        self._search_keys: dict[str, bytes] = {}
         for key_id, key in keys.items():
             if not _KEY_ID.match(key_id):
                 raise ValueError(
@@ -95,6 +97,7 @@ class BlobCipher:
             self._aead[key_id] = AESGCM(_derive(key, _ENCRYPTION_LABEL))
             self._record_aead[key_id] = AESGCM(_derive(key, _RECORD_LABEL))
             self._mac_keys[key_id] = _derive(key, _DIGEST_LABEL)
+            self._search_keys[key_id] = _derive(key, _SEARCH_LABEL)
         if current_key_id not in self._aead:
             known = ", ".join(sorted(self._aead))
             raise ValueError(
@@ -160,6 +163,14 @@ class BlobCipher:
         if not hmac.compare_digest(self._digest(key_id, plaintext), digest):
             raise BlobTampered(f"blob under key {key_id!r}: digest does not match its content")
         return plaintext
+
+    def search_key(self, key_id: str) -> bytes:
+        """The key of the search filters built under storage key `key_id` (`searchfilter`):
+        derived under its own label, like the digest key; KeyUnavailable if not configured."""
+        key = self._search_keys.get(key_id)
+        if key is None:
+            raise KeyUnavailable(f"search filter under storage key {key_id!r}, not configured")
+        return key
 
     def seal_record(self, plaintext: bytes, context: bytes) -> SealedRecord:
         """Seal a small value that belongs to something else (a blob's metadata, …).

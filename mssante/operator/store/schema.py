@@ -320,6 +320,9 @@ class BlobMetaRow(Base):
     nonce: Mapped[bytes] = mapped_column(LargeBinary(12))
     ciphertext: Mapped[bytes] = mapped_column(LargeBinary)
     created_at: Mapped[datetime] = mapped_column(UtcDateTime(), default=utcnow)
+    # Keyed Bloom filter over the searched header fields (`searchfilter`), built under
+    # `key_id`; NULL for rows stored before it existed (always a search candidate).
+    search_filter: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
 
 
 class MessageRow(Base):
