@@ -45,8 +45,11 @@ class ImapServer:
         self.notifier = FolderNotifier()  # IDLE wake-ups within this process (notify.py)
         config = settings.imap
         self.idle_timeout = float(idle_timeout or config.idle_timeout_seconds)
-        # Client certificates are not asked for yet (AUTHENTICATE EXTERNAL comes later).
-        self.tls_context = pki.server_context("optional")
+        self.pki = pki
+        # A client certificate is asked for, never required (password users have none), for
+        # AUTHENTICATE EXTERNAL (external.py). Its dates are checked after the handshake by
+        # Pki.validate, so that an expired certificate gets NO and an audit entry.
+        self.tls_context = pki.server_context("optional", defer_validity_dates=True)
         self.throttle = LoginThrottle(
             config.login_failures_before_delay, float(config.login_delay_max_seconds)
         )

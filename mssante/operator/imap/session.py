@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Final, Literal
 
 from mssante.logs import event
 from mssante.operator import mime
-from mssante.operator.imap import auth, queries, responses
+from mssante.operator.imap import auth, external, queries, responses
 from mssante.operator.imap import fetch as fetch_items
 from mssante.operator.imap.commands import (
     AndKey,
@@ -87,6 +87,10 @@ from mssante.operator.store import messages as store_messages
 from mssante.operator.store.crypto import BlobCipher, SealedBlob, SealedRecord
 from mssante.operator.store.errors import AlreadyExists, StoreError
 from mssante.operator.store.schema import Outcome, SpecialUse, utcnow
+from mssante.pki.errors import ValidationError
+from mssante.pki.identity import identity_of
+from mssante.pki.tls import peer_identity
+from mssante.pki.validation import Purpose
 
 if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncSession
@@ -121,6 +125,7 @@ def capabilities(
     if not authenticated:
         if tls:
             caps += ["AUTH=PLAIN", "SASL-IR"]  # rfc/4616, rfc/4959
+            caps += ["AUTH=EXTERNAL"]  # rfc/4422 App. A: a client certificate (external.py)
         else:
             # rfc/3501 §6.2.3 and rfc/8314 §4: no password in clear; TLS first.
             caps += ["STARTTLS", "LOGINDISABLED"]  # rfc/3501 §6.2.1, §7.2.1
@@ -234,6 +239,7 @@ class ImapSession:
         self._idle_task: asyncio.Task[None] | None = None
         self._idle_wake = asyncio.Event()
         self._idle_stopping = False
+        self._sasl_mechanism = "PLAIN"
 
     # --- I/O ---------------------------------------------------------------------------------
 
@@ -463,17 +469,18 @@ class ImapSession:
             await self._bad(cmd.tag, "already authenticated")
             self._resume_if_paused()
             return
-        if cmd.mechanism != "PLAIN":
+        if cmd.mechanism not in ("PLAIN", "EXTERNAL"):
             await self._send(
                 responses.tagged(cmd.tag, "NO", "unsupported mechanism", responses.CANNOT)
             )
             self._resume_if_paused()
             return
+        self._sasl_mechanism = cmd.mechanism
         if cmd.initial_response is None:
             await self._send(responses.challenge(b""))
             self._queue.extend(self.commands.expect_sasl_response(cmd.tag))
             return
-        await self._plain(cmd.tag, cmd.initial_response)
+        await self._sasl_step(cmd.tag, cmd.initial_response)
 
     async def _sasl_response(self, ev: SaslResponse) -> None:
         if ev.data is None:
@@ -481,7 +488,59 @@ class ImapSession:
             await self._bad(ev.tag, "authentication cancelled")
             self._resume_if_paused()
             return
-        await self._plain(ev.tag, ev.data)
+        await self._sasl_step(ev.tag, ev.data)
+
+    async def _sasl_step(self, tag: str, data: bytes) -> None:
+        if self._sasl_mechanism == "EXTERNAL":
+            await self._external(tag, data)
+        else:
+            await self._plain(tag, data)
+
+    async def _external(self, tag: str, data: bytes) -> None:
+        """rfc/4422 App. A: the response is the authorization identity (empty: the mailbox the
+        certificate maps to); the credentials are the TLS client certificate."""
+        self._resume_if_paused()
+        try:
+            authzid = data.decode("utf-8").strip().lower()[:MAX_USERNAME]
+        except UnicodeDecodeError:
+            await self._bad(tag, "malformed EXTERNAL response (rfc 4422)")
+            return
+        server = self.server
+        ssl_object = self.writer.get_extra_info("ssl_object")
+        cert = peer_identity(ssl_object) if ssl_object is not None else None
+        subject = identity_of(cert).subject_dn if cert is not None else None
+        fingerprint = identity_of(cert).sha256 if cert is not None else None
+        keys = ("user:" + (authzid or f"cert:{fingerprint}"), "ip:" + self.peer_ip)
+        delay = server.throttle.delay(keys, time.monotonic())
+        if delay:
+            await asyncio.sleep(delay)
+        verdict: queries.Account | str
+        if cert is None:
+            verdict = "no_certificate"
+        else:
+            try:
+                # The relay's validation path, for a professional's certificate (clientAuth).
+                validated = server.pki.validate(cert, Purpose.CLIENT)
+            except ValidationError as exc:
+                verdict = f"invalid_certificate:{exc.reason}"
+            else:
+                async with server.store.read_session() as session:
+                    found = await external.candidates(session, validated.identity)
+                verdict = external.choose(found, authzid)
+        details: dict[str, object] = {"mechanism": "EXTERNAL"}
+        if subject is not None:
+            details |= {"subject": subject, "fingerprint": fingerprint}
+        if isinstance(verdict, str):
+            server.throttle.failed(keys, time.monotonic())
+            server.audit(
+                self, "imap.login", Outcome.REFUSED, {"user": authzid, "reason": verdict, **details}
+            )
+            await self._send(
+                responses.tagged(tag, "NO", "Authentication failed", responses.AUTHENTICATIONFAILED)
+            )
+            return
+        server.throttle.succeeded(keys[0])
+        await self._logged_in(tag, verdict, details)
 
     async def _plain(self, tag: str, data: bytes) -> None:
         self._resume_if_paused()
@@ -541,10 +600,13 @@ class ImapSession:
             )
             return
         server.throttle.succeeded(keys[0])
+        await self._logged_in(tag, account, {"mechanism": mechanism})
+
+    async def _logged_in(
+        self, tag: str, account: queries.Account, details: dict[str, object]
+    ) -> None:
         self.account = account
-        server.audit(
-            self, "imap.login", Outcome.OK, {"user": account.address, "mechanism": mechanism}
-        )
+        self.server.audit(self, "imap.login", Outcome.OK, {"user": account.address, **details})
         # rfc/9051 §6.2.3: the capabilities may change at login; say so in the OK.
         caps = capabilities(
             tls=self.tls, authenticated=True, append_limit=self.server.limits.max_literal
