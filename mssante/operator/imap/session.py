@@ -69,7 +69,6 @@ from mssante.operator.imap.commands import (
     Unsubscribe,
 )
 from mssante.operator.imap.limits import DEFAULT_LIMITS, Limit
-from mssante.operator.imap.notify import POLL_SECONDS
 from mssante.operator.imap.reader import (
     CommandReader,
     Event,
@@ -86,6 +85,7 @@ from mssante.operator.store import folders as store_folders
 from mssante.operator.store import messages as store_messages
 from mssante.operator.store.crypto import BlobCipher, SealedBlob, SealedRecord
 from mssante.operator.store.errors import AlreadyExists, StoreError
+from mssante.operator.store.notify import folders_changed
 from mssante.operator.store.schema import Outcome, SpecialUse, utcnow
 from mssante.pki.errors import ValidationError
 from mssante.pki.identity import identity_of
@@ -236,9 +236,9 @@ class ImapSession:
         self.uids: list[int] = []
         self.condstore = False  # rfc/7162 §3.1: enabled by ENABLE or a CONDSTORE command
         self._queue: deque[Event] = deque()
-        self._idle_task: asyncio.Task[None] | None = None
-        self._idle_wake = asyncio.Event()
-        self._idle_stopping = False
+        self._idling = False
+        self._idle_again = False
+        self._idle_task: asyncio.Task[None] | None = None  # a report under way, while idling
         self._sasl_mechanism = "PLAIN"
 
     # --- I/O ---------------------------------------------------------------------------------
@@ -274,6 +274,9 @@ class ImapSession:
         except (ConnectionError, ssl.SSLError):
             return
         finally:
+            if self._idling and self.selected is not None:
+                self.server.watcher.unsubscribe(self.selected.folder_id, self._idle_wake)
+            self._idling = False
             if self._idle_task is not None:
                 self._idle_task.cancel()
 
@@ -308,7 +311,7 @@ class ImapSession:
         elif isinstance(ev, SaslResponse):
             await self._sasl_response(ev)
         elif isinstance(ev, IdleDone):
-            if self._idle_task is None:
+            if not self._idling:
                 await self._bad(ev.tag, "unexpected DONE")
             else:
                 await self._stop_idle()
@@ -898,6 +901,8 @@ class ImapSession:
                     cmd.tag, f"invalid flag: {exc}"[:200].replace("\r", " ").replace("\n", " ")
                 )
                 return
+            if result.flags:
+                await folders_changed(session, [selected.folder_id])
             await session.commit()
         seq_of = {u: i + 1 for i, u in enumerate(self.uids)}
         for uid in sorted(result.flags):
@@ -992,9 +997,9 @@ class ImapSession:
                 self.account.mailbox_id,
                 only if only is not None else self.uids,
             )
+            if gone:
+                await folders_changed(session, [selected.folder_id])
             await session.commit()
-        if gone:
-            self.server.notifier.publish(selected.folder_id)
         removed = set(gone)
         out: list[bytes] = []
         for index in range(len(self.uids) - 1, -1, -1):  # descending: rfc/3501 §7.4.1
@@ -1076,8 +1081,8 @@ class ImapSession:
             return
         async with self.server.store.session() as session:
             await queries.delete_folder(session, folder.id, self.account.mailbox_id)
+            await folders_changed(session, [folder.id])
             await session.commit()
-        self.server.notifier.publish(folder.id)
         await self._send(responses.tagged(cmd.tag, "OK", "DELETE completed"))
 
     async def _rename(self, cmd: Rename) -> None:
@@ -1206,8 +1211,8 @@ class ImapSession:
                     )
                 ],
             )
+            await folders_changed(session, [folder.id])
             await session.commit()
-        self.server.notifier.publish(folder.id)
         if self.selected is not None and self.selected.folder_id == folder.id:
             await self._refresh()
         code = responses.appenduid(folder.uidvalidity, [m.uid for m in stored])
@@ -1259,17 +1264,17 @@ class ImapSession:
                 gone = await queries.remove_messages(
                     session, selected.folder_id, self.account.mailbox_id, [s.uid for s in sources]
                 )
+            if sources:
+                await folders_changed(session, [target.id, *([selected.folder_id] if move else [])])
             await session.commit()
         if not sources:
             await self._send(responses.tagged(cmd.tag, "OK", f"{verb} completed"))
             return
-        self.server.notifier.publish(target.id)
         code = responses.copyuid(
             target.uidvalidity, [s.uid for s in sources], [m.uid for m in stored]
         )
         out: list[bytes] = []
         if move:
-            self.server.notifier.publish(selected.folder_id)
             # rfc/6851 §4.3: COPYUID in an untagged OK before the EXPUNGEs.
             out.append(responses.untagged("OK", "moved", code))
             removed = set(gone)
@@ -1290,48 +1295,45 @@ class ImapSession:
 
     async def _idle(self, cmd: Idle) -> None:
         await self._send(responses.continuation("idling"))
-        self._idle_stopping = False
-        self._idle_wake.clear()
-        self._idle_task = asyncio.create_task(self._idle_watch())
+        self._idling = True
         self._queue.extend(self.commands.expect_idle_done(cmd.tag))
-
-    async def _stop_idle(self) -> None:
-        task = self._idle_task
-        if task is None:
-            return
-        self._idle_stopping = True
-        self._idle_wake.set()
-        with contextlib.suppress(Exception):
-            await task
-        self._idle_task = None
-
-    async def _idle_watch(self) -> None:
-        """Report new and removed messages of the selected folder while idling: woken by the
-        in-process notifier, and polling the folder's (UIDNEXT, HIGHESTMODSEQ) every
-        POLL_SECONDS for changes made by Delivery or another process."""
         selected = self.selected
         if selected is None:
             return  # rfc/2177: IDLE in the authenticated state has nothing to report
-        notifier = self.server.notifier
-        wake = self._idle_wake
-        notifier.subscribe(selected.folder_id, wake)
+        # No task of its own while nothing happens: the process-wide watcher (notify.py) calls
+        # _idle_wake when the folder may have changed.
+        self.server.watcher.subscribe(selected.folder_id, self._idle_wake)
+        self._idle_wake()  # what changed since the last command
+
+    def _idle_wake(self) -> None:
+        if not self._idling:
+            return
+        if self._idle_task is None or self._idle_task.done():
+            self._idle_task = asyncio.create_task(self._idle_report())
+        else:
+            self._idle_again = True  # the running report re-reads once more
+
+    async def _idle_report(self) -> None:
+        """Report new and removed messages of the selected folder (`* n EXISTS`/EXPUNGE)."""
         try:
-            marker: tuple[int, int] | None = None
-            first = True
-            while not self._idle_stopping:
-                async with self.server.store.read_session() as session:
-                    current = await queries.folder_marker(session, selected.folder_id)
-                if (first or current != marker) and not self._idle_stopping:
-                    await self._refresh()
-                first = False
-                marker = current
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(wake.wait(), POLL_SECONDS)
-                wake.clear()
-        except Exception:  # a closed connection or an unavailable store: IDLE just stops
-            log.debug("IDLE watcher ended", exc_info=True)
-        finally:
-            notifier.unsubscribe(selected.folder_id, wake)
+            while self._idling and self.selected is not None:
+                self._idle_again = False
+                await self._refresh()
+                if not self._idle_again:
+                    return
+        except Exception:  # a closed connection or an unavailable store: the next wake retries
+            log.debug("IDLE report failed", exc_info=True)
+
+    async def _stop_idle(self) -> None:
+        if not self._idling:
+            return
+        self._idling = False
+        if self.selected is not None:
+            self.server.watcher.unsubscribe(self.selected.folder_id, self._idle_wake)
+        task, self._idle_task = self._idle_task, None
+        if task is not None:
+            with contextlib.suppress(Exception):
+                await task
 
     def abort(self) -> None:
         self.writer.transport.abort()
