@@ -8,9 +8,8 @@ The session keeps the UIDs of the selected folder as its snapshot: sequence numb
 n-th UID (rfc/3501 §2.3.1.2). The snapshot changes only at the moments the RFC allows
 (§7.4.1: no EXPUNGE during FETCH, STORE or SEARCH): at NOOP and CHECK (new messages: EXISTS;
 messages removed by another session: EXPUNGE), at this session's own EXPUNGE or CLOSE, after
-its APPEND/COPY/MOVE into the selected folder, and while it idles (rfc/2177: the IDLE watcher
-is woken by `notify.FolderNotifier` within the process and polls the folder every 0.5 s for
-Delivery and other processes).
+its APPEND/COPY/MOVE into the selected folder, and while it idles (rfc/2177: the server's
+process-wide `notify.FolderWatcher` wakes it when a writer of any process changed the folder).
 """
 
 from __future__ import annotations
