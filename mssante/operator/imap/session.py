@@ -92,6 +92,7 @@ from mssante.pki.tls import peer_identity
 from mssante.pki.validation import Purpose
 
 if TYPE_CHECKING:
+    from cryptography import x509
     from sqlalchemy.ext.asyncio import AsyncSession
 
     from mssante.operator.imap.server import ImapServer
@@ -118,13 +119,21 @@ class Selected:
 
 
 def capabilities(
-    *, tls: bool, authenticated: bool, append_limit: int = DEFAULT_LIMITS.max_literal
+    *,
+    tls: bool,
+    authenticated: bool,
+    append_limit: int = DEFAULT_LIMITS.max_literal,
+    client_certificate: bool = False,
 ) -> list[str]:
     caps = ["IMAP4rev1"]  # rfc/3501
     if not authenticated:
         if tls:
             caps += ["AUTH=PLAIN", "SASL-IR"]  # rfc/4616, rfc/4959
-            caps += ["AUTH=EXTERNAL"]  # rfc/4422 App. A: a client certificate (external.py)
+            if client_certificate:
+                # rfc/4422 App. A, only when the client sent a certificate: SASL libraries
+                # (mbsync's Cyrus SASL) pick EXTERNAL whenever it is offered, without falling
+                # back to PLAIN when it fails.
+                caps += ["AUTH=EXTERNAL"]
         else:
             # rfc/3501 §6.2.3 and rfc/8314 §4: no password in clear; TLS first.
             caps += ["STARTTLS", "LOGINDISABLED"]  # rfc/3501 §6.2.1, §7.2.1
@@ -248,7 +257,10 @@ class ImapSession:
 
     async def run(self) -> None:
         caps = capabilities(
-            tls=self.tls, authenticated=False, append_limit=self.server.limits.max_literal
+            tls=self.tls,
+            authenticated=False,
+            append_limit=self.server.limits.max_literal,
+            client_certificate=self._client_certificate() is not None,
         )
         code = responses.capability_code(caps)
         await self._send(responses.untagged("OK", "MSSante IMAP server ready", code))
@@ -344,6 +356,7 @@ class ImapSession:
                 tls=self.tls,
                 authenticated=self.account is not None,
                 append_limit=self.server.limits.max_literal,
+                client_certificate=self._client_certificate() is not None,
             )
             await self._send(
                 responses.capability(caps), responses.tagged(tag, "OK", "CAPABILITY completed")
@@ -498,6 +511,11 @@ class ImapSession:
         else:
             await self._plain(tag, data)
 
+    def _client_certificate(self) -> x509.Certificate | None:
+        """The certificate the client presented in this session's TLS handshake, if any."""
+        ssl_object = self.writer.get_extra_info("ssl_object")
+        return peer_identity(ssl_object) if ssl_object is not None else None
+
     async def _external(self, tag: str, data: bytes) -> None:
         """rfc/4422 App. A: the response is the authorization identity (empty: the mailbox the
         certificate maps to); the credentials are the TLS client certificate."""
@@ -508,10 +526,10 @@ class ImapSession:
             await self._bad(tag, "malformed EXTERNAL response (rfc 4422)")
             return
         server = self.server
-        ssl_object = self.writer.get_extra_info("ssl_object")
-        cert = peer_identity(ssl_object) if ssl_object is not None else None
-        subject = identity_of(cert).subject_dn if cert is not None else None
-        fingerprint = identity_of(cert).sha256 if cert is not None else None
+        cert = self._client_certificate()
+        identity = identity_of(cert) if cert is not None else None
+        subject = identity.subject_dn if identity is not None else None
+        fingerprint = identity.sha256 if identity is not None else None
         keys = ("user:" + (authzid or f"cert:{fingerprint}"), "ip:" + self.peer_ip)
         delay = server.throttle.delay(keys, time.monotonic())
         if delay:

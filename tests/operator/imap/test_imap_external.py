@@ -225,6 +225,7 @@ async def test_certificate_refusals_say_authentication_failed_and_audit_why(imap
         answers = []
         for cert, _ in cases:
             with imap.tls(cert) as client:
+                assert ("AUTH=EXTERNAL" in client.capabilities) is (cert is not None)
                 answers.append(_external_refused(client))
                 # The session goes on: a password login still works on it.
                 if cert is None:
@@ -284,9 +285,14 @@ async def test_external_needs_tls_and_passwords_still_work(imap: Imap) -> None:
             assert data == [b"[PRIVACYREQUIRED] TLS required"], data
         finally:
             client.logout()
+        # Without a client certificate EXTERNAL is not offered (SASL libraries would pick it).
         with imap.starttls() as client:
-            assert "AUTH=EXTERNAL" in client.capabilities
+            assert "AUTH=EXTERNAL" not in client.capabilities
+            assert "AUTH=PLAIN" in client.capabilities
             assert client.login(DUPONT, PASSWORD)[0] == "OK"
+            client.logout()
+        with imap.starttls("pro-1") as client:
+            assert "AUTH=EXTERNAL" in client.capabilities
             client.logout()
         # An authorization identity that is not UTF-8 is malformed, not a failed login.
         with imap.tls("pro-1") as client:
