@@ -21,7 +21,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Final
 
-from sqlalchemy import and_, or_, select
+from sqlalchemy import ColumnElement, and_, false, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from mssante.operator.imap.queries import Account
@@ -69,9 +69,10 @@ async def candidates(session: AsyncSession, identity: CertIdentity) -> list[Cand
             ),
         )
     bound = select(CertificateBindingRow.mailbox_id).where(binding_match)
-    own = and_(
-        MailboxRow.type == MailboxType.PER.value,
-        MailboxRow.national_id == national_id,
+    own: ColumnElement[bool] = (
+        and_(MailboxRow.type == MailboxType.PER.value, MailboxRow.national_id == national_id)
+        if national_id is not None
+        else false()
     )
     mapped = MailboxRow.id.in_(bound) & MailboxRow.type.in_(_BINDABLE_TYPES)
     rows = (
@@ -80,7 +81,7 @@ async def candidates(session: AsyncSession, identity: CertIdentity) -> list[Cand
             .outerjoin(CredentialRow, CredentialRow.mailbox_id == MailboxRow.id)
             .where(
                 MailboxRow.state == MailboxState.ACTIVE.value,
-                or_(own, mapped) if national_id is not None else mapped,
+                or_(own, mapped),
             )
             .order_by(MailboxRow.id)
             .limit(MAX_CANDIDATES)

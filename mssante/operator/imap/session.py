@@ -530,7 +530,9 @@ class ImapSession:
         identity = identity_of(cert) if cert is not None else None
         subject = identity.subject_dn if identity is not None else None
         fingerprint = identity.sha256 if identity is not None else None
-        keys = ("user:" + (authzid or f"cert:{fingerprint}"), "ip:" + self.peer_ip)
+        # The slow-down's keys: the mailbox named, else the certificate, and the address.
+        named = authzid or fingerprint
+        keys = ("user:" + named, "ip:" + self.peer_ip) if named else ("ip:" + self.peer_ip,)
         delay = server.throttle.delay(keys, time.monotonic())
         if delay:
             await asyncio.sleep(delay)
@@ -559,7 +561,8 @@ class ImapSession:
                 responses.tagged(tag, "NO", "Authentication failed", responses.AUTHENTICATIONFAILED)
             )
             return
-        server.throttle.succeeded(keys[0])
+        if named:
+            server.throttle.succeeded(keys[0])
         await self._logged_in(tag, verdict, details)
 
     async def _plain(self, tag: str, data: bytes) -> None:
