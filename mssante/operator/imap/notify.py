@@ -112,7 +112,7 @@ class FolderWatcher:
                     timeout=CONNECT_TIMEOUT_SECONDS,
                     server_settings={"application_name": "mssante-imap-listen"},
                 )
-            except (OSError, TimeoutError, asyncpg.PostgresError) as exc:
+            except Exception as exc:  # any failure: retry; IDLE must not lose push for good
                 log.warning(
                     "IDLE LISTEN connection failed, retrying",
                     extra={"error": type(exc).__name__, "retry_seconds": delay},
@@ -136,7 +136,7 @@ class FolderWatcher:
                         await asyncio.wait_for(lost.wait(), KEEPALIVE_SECONDS)
                     if not lost.is_set():
                         await conn.execute("SELECT 1", timeout=CONNECT_TIMEOUT_SECONDS)
-            except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            except Exception as exc:  # the connection broke while listening or pinging
                 log.warning("IDLE LISTEN connection lost", extra={"error": type(exc).__name__})
             finally:
                 self.listening.clear()

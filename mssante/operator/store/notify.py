@@ -13,6 +13,7 @@ messages or flags, so that IDLE sessions (imap/notify.py) learn of it.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Collection, Iterable, Iterator
 from typing import Any, Final
 
@@ -20,6 +21,8 @@ from sqlalchemy import event, func, select
 from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Session
+
+log = logging.getLogger("mssante.store")
 
 CHANNEL: Final = "mssante_folders"
 # PostgreSQL refuses payloads of 8000 bytes or more (NOTIFY); stay clear of it.
@@ -101,7 +104,12 @@ def _committed(sync_session: Session) -> None:
     pending.clear()
     bind: Any = sync_session.get_bind()
     for callback in list(_local.get(database_key(bind.url), ())):
-        callback(ids)
+        try:
+            callback(ids)
+        except Exception:
+            # The transaction has committed: a failing listener must not look like a failed
+            # write to the writer (Delivery would retry a delivery already stored).
+            log.exception("folder change listener failed")
 
 
 def _rolled_back(sync_session: Session) -> None:
