@@ -294,6 +294,11 @@ async def test_external_needs_tls_and_passwords_still_work(imap: Imap) -> None:
         with imap.starttls("pro-1") as client:
             assert "AUTH=EXTERNAL" in client.capabilities
             client.logout()
+        # A certificate from a CA outside the trust anchors fails the TLS handshake itself
+        # (OpenSSL verifies any certificate sent, as for the relay).
+        foreign = imap.context("foreign")  # loads: the refusal below is the server's
+        with pytest.raises((ssl.SSLError, ConnectionError)):
+            imaplib.IMAP4_SSL("127.0.0.1", imap.tls_port, ssl_context=foreign, timeout=10)
         # An authorization identity that is not UTF-8 is malformed, not a failed login.
         with imap.tls("pro-1") as client:
             with pytest.raises(imaplib.IMAP4.error) as info:
