@@ -95,6 +95,9 @@ class ImapSettings:
     """Before login the RFC sets no minimum: a silent unauthenticated connection goes sooner."""
     login_failures_before_delay: int = 3
     login_delay_max_seconds: int = 30
+    idle_poll_seconds: float = 1.0
+    """SQLite only: how often IDLE looks for changes written by another process (one query for
+    every watched folder). PostgreSQL pushes them (LISTEN/NOTIFY)."""
 
 
 @dataclass(frozen=True)
@@ -407,6 +410,8 @@ def _check_values(settings: Settings) -> Settings:
             raise ConfigError(f"imap.{key}: must be at least 1")
     if imap.login_failures_before_delay < 0:
         raise ConfigError("imap.login_failures_before_delay: must be 0 or more")
+    if not 0.05 <= imap.idle_poll_seconds <= 60:
+        raise ConfigError("imap.idle_poll_seconds: must be between 0.05 and 60")
     if imap.idle_timeout_seconds < 1800:
         raise ConfigError("imap.idle_timeout_seconds: must be at least 1800 (RFC 9051 §5.4)")
     wl = settings.whitelist

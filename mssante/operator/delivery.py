@@ -65,6 +65,7 @@ from mssante.operator.store import audit, blobmeta, blobs, domains, dsn, mailbox
 from mssante.operator.store.crypto import BlobCipher, SealedBlob, SealedRecord
 from mssante.operator.store.db import Store
 from mssante.operator.store.mailboxes import DeliveryTarget
+from mssante.operator.store.notify import folders_changed
 from mssante.operator.store.schema import DsnRet, MailboxState, Outcome
 
 log = logging.getLogger("mssante.delivery")
@@ -338,6 +339,10 @@ async def _store_batch(session: AsyncSession, items: Sequence[_Prepared]) -> lis
             for p in items
             for _, target in p.targets
         ],
+    )
+    # IDLE sessions of every process learn of the new messages at commit (store/notify.py).
+    await folders_changed(
+        session, {t.inbox_id for p in items for _, t in p.targets if t.inbox_id is not None}
     )
     reports: list[DeliveryReport] = []
     requests: list[dsn.NewDsnRequest] = []

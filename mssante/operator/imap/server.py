@@ -15,7 +15,7 @@ from mssante.operator.auditlog import AuditRecord, AuditSink
 from mssante.operator.imap import responses
 from mssante.operator.imap.auth import LoginThrottle
 from mssante.operator.imap.limits import DEFAULT_LIMITS, Limits
-from mssante.operator.imap.notify import FolderNotifier
+from mssante.operator.imap.notify import FolderWatcher
 from mssante.operator.imap.session import ImapSession
 from mssante.operator.passwords import hash_async
 from mssante.operator.store.db import Store
@@ -42,12 +42,16 @@ class ImapServer:
         self.store = store
         self.audit_sink = audit_sink
         self.limits: Limits = DEFAULT_LIMITS
-        self.notifier = FolderNotifier()  # IDLE wake-ups within this process (notify.py)
         config = settings.imap
+        # IDLE wake-ups for every session of this process (notify.py).
+        self.watcher = FolderWatcher(store, float(config.idle_poll_seconds))
         self.idle_timeout = float(idle_timeout or config.idle_timeout_seconds)
         self.unauthenticated_timeout = float(config.unauthenticated_timeout_seconds)
-        # Client certificates are not asked for yet (AUTHENTICATE EXTERNAL comes later).
-        self.tls_context = pki.server_context("optional")
+        self.pki = pki
+        # A client certificate is asked for, never required (password users have none), for
+        # AUTHENTICATE EXTERNAL (external.py). Its dates are checked after the handshake by
+        # Pki.validate, so that an expired certificate gets NO and an audit entry.
+        self.tls_context = pki.server_context("optional", defer_validity_dates=True)
         self.throttle = LoginThrottle(
             config.login_failures_before_delay, float(config.login_delay_max_seconds)
         )
@@ -153,6 +157,7 @@ class ImapServer:
         from mssante.server import listen_on  # one way to open a listener
 
         await self.dummy_hash()
+        await self.watcher.start()
         listeners: dict[str, str] = {}
 
         async def plain(host: str, port: int) -> asyncio.Server:
@@ -200,3 +205,4 @@ class ImapServer:
                     open_session.abort()
             if late:
                 await asyncio.wait(late, timeout=SHUTDOWN_SECONDS)
+        await self.watcher.close()

@@ -8,10 +8,10 @@ The session keeps the UIDs of the selected folder as its snapshot: sequence numb
 n-th UID (rfc/3501 §2.3.1.2). The snapshot changes only at the moments the RFC allows
 (§7.4.1: no EXPUNGE during FETCH, STORE or SEARCH): at NOOP and CHECK (new messages: EXISTS;
 messages removed by another session: EXPUNGE), at this session's own EXPUNGE or CLOSE, after
-its APPEND/COPY/MOVE into the selected folder, and while it idles (rfc/2177: the IDLE watcher
-is woken by `notify.FolderNotifier` within the process and polls the folder every 0.5 s for
-Delivery and other processes). What to report (EXPUNGE or VANISHED, EXISTS, other sessions'
-flag changes as unsolicited FETCH) is computed by `updates.py`; `_refresh` sends it.
+its APPEND/COPY/MOVE into the selected folder, and while it idles (rfc/2177: the server's
+process-wide `notify.FolderWatcher` wakes it when a writer of any process changed the folder).
+What to report (EXPUNGE or VANISHED, EXISTS, other sessions' flag changes as unsolicited FETCH)
+is computed by `updates.py`; `_refresh` sends it.
 """
 
 from __future__ import annotations
@@ -28,7 +28,16 @@ from typing import TYPE_CHECKING, Final, Literal
 
 from mssante.logs import event
 from mssante.operator import mime
-from mssante.operator.imap import auth, queries, quota, responses, shared, textsearch, updates
+from mssante.operator.imap import (
+    auth,
+    external,
+    queries,
+    quota,
+    responses,
+    shared,
+    textsearch,
+    updates,
+)
 from mssante.operator.imap import fetch as fetch_items
 from mssante.operator.imap.binary import UnknownEncodingError
 from mssante.operator.imap.commands import (
@@ -74,7 +83,6 @@ from mssante.operator.imap.commands import (
     Unsubscribe,
 )
 from mssante.operator.imap.limits import DEFAULT_LIMITS, Limit
-from mssante.operator.imap.notify import POLL_SECONDS
 from mssante.operator.imap.reader import (
     CommandReader,
     Event,
@@ -92,9 +100,15 @@ from mssante.operator.store import messages as store_messages
 from mssante.operator.store import seen as store_seen
 from mssante.operator.store.crypto import BlobCipher, SealedBlob, SealedRecord
 from mssante.operator.store.errors import AlreadyExists, StoreError
+from mssante.operator.store.notify import folders_changed
 from mssante.operator.store.schema import Outcome, SpecialUse, utcnow
+from mssante.pki.errors import ValidationError
+from mssante.pki.identity import identity_of
+from mssante.pki.tls import peer_identity
+from mssante.pki.validation import Purpose
 
 if TYPE_CHECKING:
+    from cryptography import x509
     from sqlalchemy.ext.asyncio import AsyncSession
 
     from mssante.operator.imap.server import ImapServer
@@ -147,12 +161,21 @@ class _ListEntry:
 
 
 def capabilities(
-    *, tls: bool, authenticated: bool, append_limit: int = DEFAULT_LIMITS.max_literal
+    *,
+    tls: bool,
+    authenticated: bool,
+    append_limit: int = DEFAULT_LIMITS.max_literal,
+    client_certificate: bool = False,
 ) -> list[str]:
     caps = ["IMAP4rev1"]  # rfc/3501
     if not authenticated:
         if tls:
             caps += ["AUTH=PLAIN", "SASL-IR"]  # rfc/4616, rfc/4959
+            if client_certificate:
+                # rfc/4422 App. A, only when the client sent a certificate: SASL libraries
+                # (mbsync's Cyrus SASL) pick EXTERNAL whenever it is offered, without falling
+                # back to PLAIN when it fails.
+                caps += ["AUTH=EXTERNAL"]
         else:
             # rfc/3501 §6.2.3 and rfc/8314 §4: no password in clear; TLS first.
             caps += ["STARTTLS", "LOGINDISABLED"]  # rfc/3501 §6.2.1, §7.2.1
@@ -280,9 +303,10 @@ class ImapSession:
         self._reported: dict[int, int] = {}
         self.saved: list[int] = []  # rfc/5182 §2.1: the `$` of RETURN (SAVE), as UIDs
         self._queue: deque[Event] = deque()
-        self._idle_task: asyncio.Task[None] | None = None
-        self._idle_wake = asyncio.Event()
-        self._idle_stopping = False
+        self._idling = False
+        self._idle_again = False
+        self._idle_task: asyncio.Task[None] | None = None  # a report under way, while idling
+        self._sasl_mechanism = "PLAIN"
 
     # --- I/O ---------------------------------------------------------------------------------
 
@@ -292,7 +316,10 @@ class ImapSession:
 
     async def run(self) -> None:
         caps = capabilities(
-            tls=self.tls, authenticated=False, append_limit=self.server.limits.max_literal
+            tls=self.tls,
+            authenticated=False,
+            append_limit=self.server.limits.max_literal,
+            client_certificate=self._client_certificate() is not None,
         )
         code = responses.capability_code(caps)
         await self._send(responses.untagged("OK", "MSSante IMAP server ready", code))
@@ -324,6 +351,9 @@ class ImapSession:
         except (ConnectionError, ssl.SSLError):
             return
         finally:
+            if self._idling and self.selected is not None:
+                self.server.watcher.unsubscribe(self.selected.folder_id, self._idle_wake)
+            self._idling = False
             if self._idle_task is not None:
                 self._idle_task.cancel()
 
@@ -358,7 +388,7 @@ class ImapSession:
         elif isinstance(ev, SaslResponse):
             await self._sasl_response(ev)
         elif isinstance(ev, IdleDone):
-            if self._idle_task is None:
+            if not self._idling:
                 await self._bad(ev.tag, "unexpected DONE")
             else:
                 await self._stop_idle()
@@ -392,6 +422,7 @@ class ImapSession:
                 tls=self.tls,
                 authenticated=self.account is not None,
                 append_limit=self.server.limits.max_literal,
+                client_certificate=self._client_certificate() is not None,
             )
             await self._send(
                 responses.capability(caps), responses.tagged(tag, "OK", "CAPABILITY completed")
@@ -530,17 +561,18 @@ class ImapSession:
             await self._bad(cmd.tag, "already authenticated")
             self._resume_if_paused()
             return
-        if cmd.mechanism != "PLAIN":
+        if cmd.mechanism not in ("PLAIN", "EXTERNAL"):
             await self._send(
                 responses.tagged(cmd.tag, "NO", "unsupported mechanism", responses.CANNOT)
             )
             self._resume_if_paused()
             return
+        self._sasl_mechanism = cmd.mechanism
         if cmd.initial_response is None:
             await self._send(responses.challenge(b""))
             self._queue.extend(self.commands.expect_sasl_response(cmd.tag))
             return
-        await self._plain(cmd.tag, cmd.initial_response)
+        await self._sasl_step(cmd.tag, cmd.initial_response)
 
     async def _sasl_response(self, ev: SaslResponse) -> None:
         if ev.data is None:
@@ -548,7 +580,67 @@ class ImapSession:
             await self._bad(ev.tag, "authentication cancelled")
             self._resume_if_paused()
             return
-        await self._plain(ev.tag, ev.data)
+        await self._sasl_step(ev.tag, ev.data)
+
+    async def _sasl_step(self, tag: str, data: bytes) -> None:
+        if self._sasl_mechanism == "EXTERNAL":
+            await self._external(tag, data)
+        else:
+            await self._plain(tag, data)
+
+    def _client_certificate(self) -> x509.Certificate | None:
+        """The certificate the client presented in this session's TLS handshake, if any."""
+        ssl_object = self.writer.get_extra_info("ssl_object")
+        return peer_identity(ssl_object) if ssl_object is not None else None
+
+    async def _external(self, tag: str, data: bytes) -> None:
+        """rfc/4422 App. A: the response is the authorization identity (empty: the mailbox the
+        certificate maps to); the credentials are the TLS client certificate."""
+        self._resume_if_paused()
+        try:
+            authzid = data.decode("utf-8").strip().lower()[:MAX_USERNAME]
+        except UnicodeDecodeError:
+            await self._bad(tag, "malformed EXTERNAL response (rfc 4422)")
+            return
+        server = self.server
+        cert = self._client_certificate()
+        identity = identity_of(cert) if cert is not None else None
+        subject = identity.subject_dn if identity is not None else None
+        fingerprint = identity.sha256 if identity is not None else None
+        # The slow-down's keys: the mailbox named, else the certificate, and the address.
+        named = authzid or fingerprint
+        keys = ("user:" + named, "ip:" + self.peer_ip) if named else ("ip:" + self.peer_ip,)
+        delay = server.throttle.delay(keys, time.monotonic())
+        if delay:
+            await asyncio.sleep(delay)
+        verdict: queries.Account | str
+        if cert is None:
+            verdict = "no_certificate"
+        else:
+            try:
+                # The relay's validation path, for a professional's certificate (clientAuth).
+                validated = server.pki.validate(cert, Purpose.CLIENT)
+            except ValidationError as exc:
+                verdict = f"invalid_certificate:{exc.reason}"
+            else:
+                async with server.store.read_session() as session:
+                    found = await external.candidates(session, validated.identity)
+                verdict = external.choose(found, authzid)
+        details: dict[str, object] = {"mechanism": "EXTERNAL"}
+        if subject is not None:
+            details |= {"subject": subject, "fingerprint": fingerprint}
+        if isinstance(verdict, str):
+            server.throttle.failed(keys, time.monotonic())
+            server.audit(
+                self, "imap.login", Outcome.REFUSED, {"user": authzid, "reason": verdict, **details}
+            )
+            await self._send(
+                responses.tagged(tag, "NO", "Authentication failed", responses.AUTHENTICATIONFAILED)
+            )
+            return
+        if named:
+            server.throttle.succeeded(keys[0])
+        await self._logged_in(tag, verdict, details)
 
     async def _plain(self, tag: str, data: bytes) -> None:
         self._resume_if_paused()
@@ -608,10 +700,13 @@ class ImapSession:
             )
             return
         server.throttle.succeeded(keys[0])
+        await self._logged_in(tag, account, {"mechanism": mechanism})
+
+    async def _logged_in(
+        self, tag: str, account: queries.Account, details: dict[str, object]
+    ) -> None:
         self.account = account
-        server.audit(
-            self, "imap.login", Outcome.OK, {"user": account.address, "mechanism": mechanism}
-        )
+        self.server.audit(self, "imap.login", Outcome.OK, {"user": account.address, **details})
         # rfc/9051 §6.2.3: the capabilities may change at login; say so in the OK.
         caps = capabilities(
             tls=self.tls, authenticated=True, append_limit=self.server.limits.max_literal
@@ -1031,10 +1126,10 @@ class ImapSession:
                     stored = await queries.store_flags(
                         session, selected.folder_id, unseen, StoreAction.ADD, ("\\Seen",)
                     )
+                    await folders_changed(session, [selected.folder_id])
                     await session.commit()
                     flags_changed = set(unseen)
                     self._reported.update({u: stored.modseqs[u] for u in stored.changed})
-                    self.server.notifier.publish(selected.folder_id)
         if cmd.vanished and cmd.changed_since is not None:
             # rfc/7162 §3.2.6: the UIDs of the set removed since CHANGEDSINCE, before the FETCHes.
             async with store.read_session() as session:
@@ -1099,10 +1194,10 @@ class ImapSession:
             changed = await store_seen.set_seen(
                 session, selected.folder_id, self.account.mailbox_id, dict.fromkeys(uids, True)
             )
+            if changed:
+                await folders_changed(session, [selected.folder_id])
             await session.commit()
-        if changed:
-            self._reported.update(changed)  # answered by this FETCH: no unsolicited echo
-            self.server.notifier.publish(selected.folder_id)
+        self._reported.update(changed)  # answered by this FETCH: no unsolicited echo
         return set(changed)
 
     def _reader_id(self) -> int:
@@ -1178,11 +1273,11 @@ class ImapSession:
                     cmd.tag, f"invalid flag: {exc}"[:200].replace("\r", " ").replace("\n", " ")
                 )
                 return
+            if result.changed:
+                await folders_changed(session, [selected.folder_id])
             await session.commit()
         # This STORE answers for its own changes (or the client asked .SILENT): not echoed.
         self._reported.update({u: result.modseqs[u] for u in result.changed})
-        if result.changed:
-            self.server.notifier.publish(selected.folder_id)
         seq_of = {u: i + 1 for i, u in enumerate(self.uids)}
         for uid in sorted(result.flags):
             items: list[tuple[str, bytes]] = []
@@ -1335,9 +1430,9 @@ class ImapSession:
                 self._owner_id(selected),
                 only if only is not None else self.uids,
             )
+            if gone:
+                await folders_changed(session, [selected.folder_id])
             await session.commit()
-        if gone:
-            self.server.notifier.publish(selected.folder_id)
         # rfc/3501 §7.4.1 EXPUNGE, or VANISHED once QRESYNC is on (rfc/7162 §3.2.10).
         out = updates.removal_lines(self.uids, gone, qresync=self.qresync)
         removed = set(gone)
@@ -1449,8 +1544,8 @@ class ImapSession:
             return
         async with self.server.store.session() as session:
             await queries.delete_folder(session, folder.id, folder.mailbox_id)
+            await folders_changed(session, [folder.id])
             await session.commit()
-        self.server.notifier.publish(folder.id)
         await self._send(responses.tagged(cmd.tag, "OK", "DELETE completed"))
 
     async def _rename(self, cmd: Rename) -> None:
@@ -1605,8 +1700,8 @@ class ImapSession:
                     )
                 ],
             )
+            await folders_changed(session, [folder.id])
             await session.commit()
-        self.server.notifier.publish(folder.id)
         if self.selected is not None and self.selected.folder_id == folder.id:
             await self._refresh()
         code = responses.appenduid(folder.uidvalidity, [m.uid for m in stored])
@@ -1680,17 +1775,17 @@ class ImapSession:
                 gone = await queries.remove_messages(
                     session, selected.folder_id, self._owner_id(selected), [s.uid for s in sources]
                 )
+            if sources:
+                await folders_changed(session, [target.id, *([selected.folder_id] if move else [])])
             await session.commit()
         if not sources:
             await self._send(responses.tagged(cmd.tag, "OK", f"{verb} completed"))
             return
-        self.server.notifier.publish(target.id)
         code = responses.copyuid(
             target.uidvalidity, [s.uid for s in sources], [m.uid for m in stored]
         )
         out: list[bytes] = []
         if move:
-            self.server.notifier.publish(selected.folder_id)
             # rfc/6851 §4.3: COPYUID in an untagged OK before the EXPUNGEs.
             out.append(responses.untagged("OK", "moved", code))
             # rfc/6851 §4.4: VANISHED instead of EXPUNGE once QRESYNC is on.
@@ -1724,48 +1819,45 @@ class ImapSession:
 
     async def _idle(self, cmd: Idle) -> None:
         await self._send(responses.continuation("idling"))
-        self._idle_stopping = False
-        self._idle_wake.clear()
-        self._idle_task = asyncio.create_task(self._idle_watch())
+        self._idling = True
         self._queue.extend(self.commands.expect_idle_done(cmd.tag))
-
-    async def _stop_idle(self) -> None:
-        task = self._idle_task
-        if task is None:
-            return
-        self._idle_stopping = True
-        self._idle_wake.set()
-        with contextlib.suppress(Exception):
-            await task
-        self._idle_task = None
-
-    async def _idle_watch(self) -> None:
-        """Report new and removed messages of the selected folder while idling: woken by the
-        in-process notifier, and polling the folder's (UIDNEXT, HIGHESTMODSEQ) every
-        POLL_SECONDS for changes made by Delivery or another process."""
         selected = self.selected
         if selected is None:
             return  # rfc/2177: IDLE in the authenticated state has nothing to report
-        notifier = self.server.notifier
-        wake = self._idle_wake
-        notifier.subscribe(selected.folder_id, wake)
+        # No task of its own while nothing happens: the process-wide watcher (notify.py) calls
+        # _idle_wake when the folder may have changed.
+        self.server.watcher.subscribe(selected.folder_id, self._idle_wake)
+        self._idle_wake()  # what changed since the last command
+
+    def _idle_wake(self) -> None:
+        if not self._idling:
+            return
+        if self._idle_task is None or self._idle_task.done():
+            self._idle_task = asyncio.create_task(self._idle_report())
+        else:
+            self._idle_again = True  # the running report re-reads once more
+
+    async def _idle_report(self) -> None:
+        """Report new and removed messages of the selected folder (`* n EXISTS`/EXPUNGE)."""
         try:
-            marker: tuple[int, int] | None = None
-            first = True
-            while not self._idle_stopping:
-                async with self.server.store.read_session() as session:
-                    current = await queries.folder_marker(session, selected.folder_id)
-                if (first or current != marker) and not self._idle_stopping:
-                    await self._refresh()
-                first = False
-                marker = current
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(wake.wait(), POLL_SECONDS)
-                wake.clear()
-        except Exception:  # a closed connection or an unavailable store: IDLE just stops
-            log.debug("IDLE watcher ended", exc_info=True)
-        finally:
-            notifier.unsubscribe(selected.folder_id, wake)
+            while self._idling and self.selected is not None:
+                self._idle_again = False
+                await self._refresh()
+                if not self._idle_again:
+                    return
+        except Exception:  # a closed connection or an unavailable store: the next wake retries
+            log.debug("IDLE report failed", exc_info=True)
+
+    async def _stop_idle(self) -> None:
+        if not self._idling:
+            return
+        self._idling = False
+        if self.selected is not None:
+            self.server.watcher.unsubscribe(self.selected.folder_id, self._idle_wake)
+        task, self._idle_task = self._idle_task, None
+        if task is not None:
+            with contextlib.suppress(Exception):
+                await task
 
     def abort(self) -> None:
         self.writer.transport.abort()

@@ -244,7 +244,7 @@ async def test_idle_sees_append_expunge_and_delivery(imap: Imap) -> None:  # noq
 
     await _in_thread(append_and_expunge)
     started = time.monotonic()
-    await _deliver(imap)  # not published: the IDLE poll finds it
+    await _deliver(imap)  # Delivery notifies at its commit (store/notify.py)
 
     def after_delivery() -> None:
         assert _read_line(watcher) == b"* 1 EXISTS"
