@@ -6,7 +6,6 @@ from __future__ import annotations
 import datetime as dt
 import imaplib
 import re
-import time
 
 import pytest
 from sqlalchemy import func, select, update
@@ -231,10 +230,9 @@ async def test_idle_sees_append_expunge_and_delivery(imap: Imap) -> None:  # noq
     tag = await _in_thread(start_idle)
 
     def append_and_expunge() -> None:
-        started = time.monotonic()
+        # No timing asserted (benchmarks measure speed): the push must come, before DONE.
         assert other.append("INBOX", None, None, MESSAGE)[0] == "OK"
         assert _read_line(watcher) == b"* 1 EXISTS"
-        assert time.monotonic() - started < 1.5
         other.select("INBOX")
         other.store("1", "+FLAGS.SILENT", "(\\Deleted)")
         # Another session's flag change is pushed too (rfc/7162 §3.2.4 wants the UID in it).
@@ -243,12 +241,10 @@ async def test_idle_sees_append_expunge_and_delivery(imap: Imap) -> None:  # noq
         assert _read_line(watcher) == b"* 1 EXPUNGE"
 
     await _in_thread(append_and_expunge)
-    started = time.monotonic()
     await _deliver(imap)  # Delivery notifies at its commit (store/notify.py)
 
     def after_delivery() -> None:
         assert _read_line(watcher) == b"* 1 EXISTS"
-        assert time.monotonic() - started < 3
         watcher.send(b"DONE\r\n")
         assert _read_line(watcher) == tag + b" OK IDLE terminated"
         assert watcher.noop()[0] == "OK"
