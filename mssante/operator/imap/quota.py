@@ -91,12 +91,12 @@ async def getquotaroot(imap: ImapSession, cmd: GetQuotaRoot) -> None:
     storage = await _storage(imap, root) if root is not None else None
     if root is None or storage is None:
         await imap._send(
-            responses.quotaroot(cmd.mailbox, []),
+            responses.quotaroot(cmd.mailbox, [], utf8=imap.rev2),
             responses.tagged(cmd.tag, "OK", "GETQUOTAROOT completed"),
         )
         return
     await imap._send(
-        responses.quotaroot(cmd.mailbox, [root]),
+        responses.quotaroot(cmd.mailbox, [root], utf8=imap.rev2),
         responses.quota(root, [storage]),
         responses.tagged(cmd.tag, "OK", "GETQUOTAROOT completed"),
     )

@@ -167,7 +167,7 @@ def capabilities(
     append_limit: int = DEFAULT_LIMITS.max_literal,
     client_certificate: bool = False,
 ) -> list[str]:
-    caps = ["IMAP4rev1"]  # rfc/3501
+    caps = ["IMAP4rev1", "IMAP4rev2"]  # rfc/3501; rfc/9051 once enabled (ENABLE IMAP4rev2)
     if not authenticated:
         if tls:
             caps += ["AUTH=PLAIN", "SASL-IR"]  # rfc/4616, rfc/4959
@@ -295,6 +295,10 @@ class ImapSession:
         self.uids: list[int] = []
         self.condstore = False  # rfc/7162 §3.1: enabled by ENABLE or a CONDSTORE command
         self.qresync = False  # rfc/7162 §3.2.3: enabled by ENABLE QRESYNC only
+        # rfc/9051 §2.1 / App. E: IMAP4rev1 behaviour until ENABLE IMAP4rev2; then mailbox
+        # names are UTF-8 both ways, SELECT sends LIST instead of RECENT/UNSEEN, SEARCH answers
+        # ESEARCH.
+        self.rev2 = False
         # The highest MODSEQ of the selected folder this session has reported (flag updates,
         # updates.py), the (UIDNEXT, HIGHESTMODSEQ) its view matches, and the MODSEQs of its
         # own changes already answered (not echoed back as unsolicited FETCH).
@@ -453,12 +457,16 @@ class ImapSession:
             # this command newly enabled: CONDSTORE (rfc/7162 §3.1) and QRESYNC (§3.2.3,
             # which enables CONDSTORE too without listing it).
             newly: list[str] = []
+            if "IMAP4REV2" in cmd.capabilities and not self.rev2:
+                newly.append("IMAP4rev2")
+                self.rev2 = True
+                self.commands.enable_utf8()  # rfc/9051 §5.1: mailbox names in UTF-8
             if "CONDSTORE" in cmd.capabilities and not self.condstore:
                 newly.append("CONDSTORE")
+                self.condstore = True
             if "QRESYNC" in cmd.capabilities and not self.qresync:
                 newly.append("QRESYNC")
-                self.qresync = True
-            self.condstore = self.condstore or bool(newly)
+                self.qresync = self.condstore = True
             await self._send(
                 responses.enabled(newly), responses.tagged(tag, "OK", "ENABLE completed")
             )
@@ -809,7 +817,7 @@ class ImapSession:
         verb: Literal["LIST", "LSUB"] = "LSUB" if subscribed_only else "LIST"
         if all(p == "" for p in patterns):
             # rfc/3501 §6.3.8: the delimiter and the root of the reference.
-            out = responses.list_item(["\\Noselect"], DELIMITER, "", command=verb)
+            out = responses.list_item(["\\Noselect"], DELIMITER, "", command=verb, utf8=self.rev2)
             await self._send(out, responses.tagged(tag, "OK", f"{verb} completed"))
             return
         if cmd is not None and cmd.return_status is not None:
@@ -846,7 +854,7 @@ class ImapSession:
                 attrs.append(entry.special_use.value)
             if show_subscribed and entry.subscribed:
                 attrs.append("\\Subscribed")
-            line = responses.list_item(attrs, DELIMITER, entry.name, command=verb)
+            line = responses.list_item(attrs, DELIMITER, entry.name, command=verb, utf8=self.rev2)
             if childinfo:
                 criteria = [c for c in ("SUBSCRIBED", "SPECIAL-USE") if c in selection]
                 info = " ".join(f'"{c}"' for c in criteria)
@@ -858,7 +866,7 @@ class ImapSession:
             # rfc/5819 §2: the STATUS of each selectable mailbox right after its LIST item.
             for index, located in reversed(status_of):
                 values = await self._status_values(located, cmd.return_status)
-                lines.insert(index, responses.status(located.name, values))
+                lines.insert(index, responses.status(located.name, values, utf8=self.rev2))
         await self._send(*lines, responses.tagged(tag, "OK", f"{verb} completed"))
 
     async def _list_entries(self) -> list[_ListEntry]:
@@ -885,6 +893,19 @@ class ImapSession:
             out.append(_ListEntry(located.name, (), True, None, located))
         return out
 
+    async def _attributes(self, located: shared.Located) -> list[str]:
+        """The LIST attributes of one folder (the SELECT of rfc/9051 §6.3.2)."""
+        siblings = await self._folders(located.folder.mailbox_id)
+        prefix = located.folder.name + DELIMITER
+        attrs = [
+            "\\HasChildren"
+            if any(f.name.startswith(prefix) for f in siblings)
+            else "\\HasNoChildren"
+        ]
+        if located.access is None and located.folder.special_use is not None:
+            attrs.append(located.folder.special_use.value)  # not in another's mailbox (§2)
+        return attrs
+
     async def _find_folder(self, name: str) -> store_folders.Folder | None:
         try:
             wanted = store_folders.normalize_folder_name(name)
@@ -910,7 +931,7 @@ class ImapSession:
             self.condstore = True  # rfc/7162 §3.1: a CONDSTORE-enabling command
         items = await self._status_values(located, cmd.items)
         await self._send(
-            responses.status(located.name, items),
+            responses.status(located.name, items, utf8=self.rev2),
             responses.tagged(cmd.tag, "OK", "STATUS completed"),
         )
 
@@ -962,8 +983,9 @@ class ImapSession:
         assert self.account is not None
         closed = self.selected is not None
         self._deselect()  # rfc/3501 §6.3.1: a failed SELECT leaves no mailbox selected
-        if closed and self.qresync:
-            # rfc/7162 §3.2.11: the previous mailbox is closed before the new one's responses.
+        if closed and (self.qresync or self.rev2):
+            # rfc/7162 §3.2.11, rfc/9051 §6.3.2: the previous mailbox is closed before the new
+            # one's responses.
             await self._send(responses.untagged("OK", "previous mailbox closed", responses.CLOSED))
         located = await self._locate(cmd.mailbox, "EXAMINE" if cmd.read_only else "SELECT")
         if located is None:
@@ -1009,12 +1031,15 @@ class ImapSession:
         self.uids = uids
         self.modseq_seen = current.highest_modseq
         self._marker = (current.uidnext, current.highest_modseq)
-        out = [
-            responses.flags(fetch_items.SYSTEM_FLAGS),
-            responses.exists(len(uids)),
-            responses.recent(0),
-        ]
-        if first_unseen is not None and first_unseen in uids:
+        out = [responses.flags(fetch_items.SYSTEM_FLAGS), responses.exists(len(uids))]
+        if self.rev2:
+            # rfc/9051 §6.3.2: LIST with the mailbox's name and accurate attributes; RECENT and
+            # the UNSEEN code are gone from IMAP4rev2.
+            attrs = await self._attributes(located)
+            out.append(responses.list_item(attrs, DELIMITER, located.name, utf8=True))
+        else:
+            out.append(responses.recent(0))
+        if not self.rev2 and first_unseen is not None and first_unseen in uids:
             out.append(
                 responses.untagged(
                     "OK", "first unseen", responses.unseen(uids.index(first_unseen) + 1)
@@ -1341,7 +1366,8 @@ class ImapSession:
             raise
         seq_of = {u: i + 1 for i, u in enumerate(self.uids)}
         rows = [(f.uid, f.modseq) for f in found if f.uid in seq_of]
-        if cmd.returns is not None:
+        if cmd.returns is not None or self.rev2:
+            # rfc/9051 §6.4.4: an IMAP4rev2 SEARCH always answers ESEARCH (ALL by default).
             await self._esearch(cmd, rows, seq_of, with_modseq=with_modseq)
             return
         found_uids = [uid for uid, _ in rows]
@@ -1362,7 +1388,7 @@ class ImapSession:
         with_modseq: bool,
     ) -> None:
         """SEARCH RETURN (…): the `* ESEARCH` answer of rfc/4731 §3.1 and SAVE (rfc/5182)."""
-        options = set(cmd.returns or ())
+        options = set(cmd.returns or ()) or {"ALL"}  # RETURN () is ALL (rfc/4731 §3.1)
         whole = bool(options & {"ALL", "COUNT"})
         # rfc/4731 §3.1: MIN and MAX alone report (and, rfc/5182 §2.4, save) only those.
         chosen = rows
