@@ -293,8 +293,16 @@ def _rss_kb(pid: int) -> int:
     return 0
 
 
+class _Report(list[str]):
+    """Results, printed as they come (a long run keeps what it measured)."""
+
+    def append(self, line: str) -> None:
+        print(line, flush=True)
+        super().append(line)
+
+
 async def measure(port: int, pid: int, args: argparse.Namespace, count: int) -> list[str]:
-    out: list[str] = []
+    out = _Report()
     context = _context()
     client = await Client.open(port, context)
     await client.command("SELECT INBOX")
@@ -449,7 +457,8 @@ max_connections_per_ip = {limit}
         seconds, size = asyncio.run(build(url, config, args.messages, args.seed))
         print(
             f"database: {args.db}  built {args.messages} messages, {size / 1e6:.0f} MB, "
-            f"in {seconds:.0f} s ({args.messages / seconds:.0f} msg/s)"
+            f"in {seconds:.0f} s ({args.messages / seconds:.0f} msg/s)",
+            flush=True,
         )
         server = subprocess.Popen([MSSANTE, "--config", str(config), "serve"])
         deadline = time.monotonic() + 60
@@ -461,8 +470,7 @@ max_connections_per_ip = {limit}
                 if time.monotonic() > deadline or server.poll() is not None:
                     raise SystemExit("server did not start") from None
                 time.sleep(0.1)
-        for line in asyncio.run(measure(port, server.pid, args, args.messages)):
-            print(line, flush=True)
+        asyncio.run(measure(port, server.pid, args, args.messages))
     finally:
         if server is not None:
             server.send_signal(signal.SIGTERM)
