@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import contextlib
 import quopri
 import random
 import re
@@ -374,20 +375,35 @@ async def measure(port: int, pid: int, args: argparse.Namespace, count: int) -> 
     idle: list[Client] = []
     semaphore = asyncio.Semaphore(32)
 
+    failed: list[str] = []
+
     async def idler() -> None:
         async with semaphore:
-            c = await Client.open(port, context)
-            await c.command("SELECT INBOX")
-            c.writer.write(b"i IDLE\r\n")
-            await c.line()  # + idling
+            try:
+                c = await Client.open(port, context)
+                await c.command("SELECT INBOX")
+                c.writer.write(b"i IDLE\r\n")
+                if not (await c.line()).startswith(b"+"):
+                    raise RuntimeError("IDLE refused")
+            except (OSError, RuntimeError, asyncio.IncompleteReadError) as exc:
+                failed.append(type(exc).__name__)
+                return
             idle.append(c)
 
     await asyncio.gather(*(idler() for _ in range(args.idle_connections)))
     await asyncio.sleep(3)
     after = _rss_kb(pid)
+    alive = 0
+    for c in idle:  # every session still answers after the wait
+        c.writer.write(b"DONE\r\n")
+    for c in idle:
+        with contextlib.suppress(OSError, asyncio.IncompleteReadError):
+            if (await c.line()).startswith(b"i OK"):
+                alive += 1
     out.append(
-        f"idle connections: {len(idle)}, server RSS {before / 1024:.0f} → {after / 1024:.0f} MB, "
-        f"{(after - before) / len(idle):.1f} KB each (target <= 30 KB)"
+        f"idle connections: {len(idle)} opened ({len(failed)} failed), {alive} still answering; "
+        f"server RSS {before / 1024:.0f} → {after / 1024:.0f} MB, "
+        f"{(after - before) / max(1, len(idle)):.1f} KB each (target <= 30 KB)"
     )
     for c in idle:
         c.close()
