@@ -56,8 +56,9 @@ test)
     # postgresql: the store tests start a throwaway cluster with its initdb/pg_ctl;
     # swaks: a real SMTP client for the relay tests (libnet-ssleay-perl: its STARTTLS, only a
     # Recommends of swaks, which --no-install-recommends leaves out);
-    # isync (mbsync) and curl: real IMAP clients for tests/operator/imap/test_imap_clients.py.
-    apt_install postgresql swaks libnet-ssleay-perl isync curl
+    # isync (mbsync) and curl: real IMAP clients for tests/operator/imap/test_imap_clients.py;
+    # neomutt: a real mail reader driven by `push` keys in tests/operator/imap/test_imap_neomutt.py.
+    apt_install postgresql swaks libnet-ssleay-perl isync curl neomutt
     venv '.[test]'
     echo "== ruff" && .venv/bin/ruff check . && .venv/bin/ruff format --check .
     echo "== mypy --strict" && .venv/bin/mypy

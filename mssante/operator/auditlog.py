@@ -46,6 +46,9 @@ class AuditSink:
         self._buffer: list[AuditRecord] = []
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        # One write at a time: a flush() that finds the buffer empty must still wait for the
+        # batch the background task is writing (callers rely on flush() meaning "written").
+        self._writing = asyncio.Lock()
 
     def record(self, item: AuditRecord) -> None:
         if len(self._buffer) >= MAX_BUFFER:
@@ -68,6 +71,10 @@ class AuditSink:
         await self.flush()
 
     async def flush(self) -> None:
+        async with self._writing:
+            await self._write()
+
+    async def _write(self) -> None:
         batch, self._buffer = self._buffer, []
         if not batch:
             return

@@ -722,6 +722,10 @@ def imap_string(value: str | None) -> bytes:
     """
     if value is None:
         return b"NIL"
+    if value.isascii() and value.isprintable():
+        # The common case (header words, MIME names, addresses), decided without a regex: a
+        # printable ASCII string has no NUL, CR or LF, so it is always quotable.
+        return b'"' + value.encode().replace(b"\\", b"\\\\").replace(b'"', b'\\"') + b'"'
     raw = encode(value).replace(b"\x00", b"")
     if _QUOTABLE.fullmatch(raw):
         return b'"' + raw.replace(b"\\", b"\\\\").replace(b'"', b'\\"') + b'"'

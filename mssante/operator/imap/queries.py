@@ -511,6 +511,9 @@ async def store_flags(
     wanted = set(uids)
     if not wanted:
         return StoredFlags({}, {}, [])
+    # Read the flags under the folder's lock: two STOREs at once on PostgreSQL would otherwise
+    # both start from the same flags and the second would undo the first's change.
+    await lock_folders(session, (folder_id,))
     rows = (
         await session.execute(
             select(
@@ -616,6 +619,9 @@ async def _remove(
     wanted = set(uids)
     if not wanted:
         return []
+    # Under the folder's lock: two sessions removing the same message at once on PostgreSQL
+    # would otherwise both count it (used_bytes lowered twice, `expunged` recorded twice).
+    await lock_folders(session, (folder_id,))
     rows = (
         await session.execute(
             select(MessageRow.id, MessageRow.uid, MessageRow.size).where(
@@ -696,6 +702,19 @@ async def copy_sources(
         for r in rows
         if int(r[0]) in wanted
     ]
+
+
+async def lock_folders(session: AsyncSession, folder_ids: Sequence[int]) -> None:
+    """Lock these folder rows in id order (PostgreSQL `FOR UPDATE`; SQLite serialises writers
+    anyway). MOVE writes two folders and then the mailbox row: taking both folder locks first,
+    in the order `messages._allocate_many` uses, keeps every writer on the order "folders by
+    id, then the mailbox", so a MOVE cannot deadlock with an APPEND or EXPUNGE of its source."""
+    await session.execute(
+        select(FolderRow.id)
+        .where(FolderRow.id.in_(sorted(set(folder_ids))))
+        .order_by(FolderRow.id)
+        .with_for_update()
+    )
 
 
 async def folder_marker(session: AsyncSession, folder_id: int) -> tuple[int, int] | None:

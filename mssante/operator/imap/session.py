@@ -311,6 +311,7 @@ class ImapSession:
         self._idle_again = False
         self._idle_task: asyncio.Task[None] | None = None  # a report under way, while idling
         self._sasl_mechanism = "PLAIN"
+        self._sasl_tag: str | None = None  # an AUTHENTICATE waiting for the client's response
 
     # --- I/O ---------------------------------------------------------------------------------
 
@@ -369,6 +370,7 @@ class ImapSession:
             await self._bad(ev.tag, ev.message)
             if ev.close:
                 await self._fatal()
+            self._end_failed_sasl(ev.tag)
         elif isinstance(ev, TooBig):
             if ev.tag is not None and ev.limit in (Limit.LITERAL, Limit.LITERAL_TOTAL):
                 # rfc/7889 §4: a message over the APPENDLIMIT gets NO [TOOBIG].
@@ -379,6 +381,7 @@ class ImapSession:
                 await self._bad(ev.tag, f"too big: {ev.limit.value}", responses.TOOBIG)
             if ev.close:
                 await self._fatal()
+            self._end_failed_sasl(ev.tag)
         elif isinstance(ev, NeedContinuation):
             # Before login only small literals (astrings in LOGIN…) are read; after it, up to
             # the APPENDLIMIT (the reader already refused larger ones with TooBig).
@@ -411,6 +414,14 @@ class ImapSession:
             await self._send(responses.untagged("BAD", text, code))
         else:
             await self._send(responses.tagged(tag, "BAD", text, code))
+
+    def _end_failed_sasl(self, tag: str | None) -> None:
+        # A SASL response line that is not base64 (or too long) is an error of the
+        # AUTHENTICATE command: the exchange is over and the paused reader must read commands
+        # again, or the session would hang (rfc/9051 §6.2.2).
+        if tag is not None and tag == self._sasl_tag:
+            self._sasl_tag = None
+            self._resume_if_paused()
 
     async def _fatal(self) -> None:
         await self._send(responses.bye("Too many errors, closing connection"))
@@ -578,11 +589,13 @@ class ImapSession:
         self._sasl_mechanism = cmd.mechanism
         if cmd.initial_response is None:
             await self._send(responses.challenge(b""))
+            self._sasl_tag = cmd.tag
             self._queue.extend(self.commands.expect_sasl_response(cmd.tag))
             return
         await self._sasl_step(cmd.tag, cmd.initial_response)
 
     async def _sasl_response(self, ev: SaslResponse) -> None:
+        self._sasl_tag = None
         if ev.data is None:
             # rfc/9051 §6.2.2: "*" cancels, answered with BAD.
             await self._bad(ev.tag, "authentication cancelled")
@@ -1769,6 +1782,8 @@ class ImapSession:
         ):
             return
         async with self.server.store.session() as session:
+            if move:
+                await queries.lock_folders(session, (selected.folder_id, target.id))
             sources = await queries.copy_sources(session, selected.folder_id, uids)
             if selected.access is not None:
                 sources = await self._shared_copy_sources(session, selected, sources)

@@ -102,7 +102,7 @@ async def test_starttls_login_refusals_and_list(imap: Imap) -> None:
     def scenario() -> None:
         client = imap.plain()
         greeting = client.welcome.decode()
-        assert greeting.startswith("* OK [CAPABILITY IMAP4rev1 STARTTLS LOGINDISABLED")
+        assert greeting.startswith("* OK [CAPABILITY IMAP4rev1 IMAP4rev2 STARTTLS LOGINDISABLED")
         assert "LOGINDISABLED" in client.capabilities
         assert "AUTH=PLAIN" not in client.capabilities
         typ, data = client._simple_command("LOGIN", USER, PASSWORD)
