@@ -146,6 +146,21 @@ class FetchedMessage:
     structure: mime.Message | None
 
 
+async def message_sizes(
+    session: AsyncSession, folder_id: int, uids: Sequence[int]
+) -> dict[int, int]:
+    """RFC822.SIZE of these messages, by UID, in one SELECT (FETCH batches bodies by size)."""
+    if not uids:
+        return {}
+    wanted = set(uids)
+    rows = await session.execute(
+        select(MessageRow.uid, MessageRow.size).where(
+            MessageRow.folder_id == folder_id, uid_predicate(compress(wanted))
+        )
+    )
+    return {int(u): int(n) for u, n in rows if int(u) in wanted}
+
+
 async def fetch_messages(
     session: AsyncSession,
     cipher: BlobCipher,

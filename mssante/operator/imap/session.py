@@ -120,6 +120,11 @@ DELIMITER: Final = "/"
 SHARED_PREFIX: Final = "Shared"  # rfc/2342 other users' / shared namespace (issue 4 §5)
 PERMANENT_FLAGS: Final = (*fetch_items.SYSTEM_FLAGS, "\\*")
 MAX_USERNAME: Final = 320  # rfc/5321 §4.5.3.1: the longest address
+# A FETCH is read, decrypted and sent in batches: memory stays bounded whatever the set (a
+# client may ask 1:* BODY[] of a mailbox of gigabytes), other sessions run between batches,
+# and the client receives the first responses while the next batch is read.
+FETCH_BATCH_MESSAGES: Final = 500
+FETCH_BATCH_BYTES: Final = 16 * 1024 * 1024
 STATUS_ITEMS: Final = frozenset(
     {
         "MESSAGES",
@@ -264,6 +269,24 @@ def _has_modseq(key: SearchKey) -> bool:
     if isinstance(key, AndKey):
         return any(_has_modseq(k) for k in key.keys)
     return False
+
+
+def _batches(uids: Sequence[int], sizes: dict[int, int]) -> list[list[int]]:
+    """`uids` cut into FETCH batches: at most FETCH_BATCH_MESSAGES messages, and at most
+    FETCH_BATCH_BYTES of message octets when `sizes` are given (a larger message alone)."""
+    out: list[list[int]] = []
+    current: list[int] = []
+    total = 0
+    for uid in uids:
+        size = sizes.get(uid, 0)
+        if current and (len(current) >= FETCH_BATCH_MESSAGES or total + size > FETCH_BATCH_BYTES):
+            out.append(current)
+            current, total = [], 0
+        current.append(uid)
+        total += size
+    if current:
+        out.append(current)
+    return out
 
 
 def _parents(name: str) -> list[str]:
@@ -1175,51 +1198,70 @@ class ImapSession:
             line = updates.vanished_earlier(gone, cmd.sequence, self.uids)
             if line is not None:
                 await self._send(line)
-        async with store.read_session() as session:
-            messages = await queries.fetch_messages(
-                session,
-                store.cipher,
-                selected.folder_id,
-                uids,
-                body=fetch_items.needs_body(cmd.items),
-                structure=fetch_items.needs_structure(cmd.items),
-                changed_since=cmd.changed_since,
-                reader_id=None if selected.access is None else self._reader_id(),
-            )
-        if selected.access is not None:
-            self._audit_shared_fetch(selected, cmd, messages)
+        body = fetch_items.needs_body(cmd.items)
+        structure = fetch_items.needs_structure(cmd.items)
+        reader_id = None if selected.access is None else self._reader_id()
+        if body:
+            async with store.read_session() as session:
+                sizes = await queries.message_sizes(session, selected.folder_id, uids)
+            batches = _batches(uids, sizes)
+        else:
+            batches = _batches(uids, {})
         seq_of = {u: i + 1 for i, u in enumerate(self.uids)}
         asked_flags = any(isinstance(i, FetchAttr) and i.name == "FLAGS" for i in cmd.items)
-        for message in messages:
-            if asked_flags:  # these flags are answered here: no unsolicited FETCH repeats them
-                self._reported[message.state.uid] = message.state.modseq
-            try:
-                items = fetch_items.render(
-                    message.state,
-                    cmd.items,
-                    raw=message.raw,
-                    structure=message.structure,
-                    # rfc/7162 §3.2.4: once QRESYNC is on, FLAGS set implicitly carry the UID.
-                    with_uid=cmd.uid or (self.qresync and message.state.uid in flags_changed),
-                    with_flags=message.state.uid in flags_changed,
-                    # rfc/7162 §3.1.4.1: CHANGEDSINCE implies MODSEQ; §3.2: so do flag changes.
-                    with_modseq=cmd.changed_since is not None
-                    or (self.condstore and message.state.uid in flags_changed),
-                )
-            except UnknownEncodingError:
-                # rfc/3516 §4.3: a BINARY item whose encoding we cannot remove fails the FETCH
-                # (the FETCH responses already sent stay valid).
-                await self._send(
-                    responses.tagged(
-                        cmd.tag,
-                        "NO",
-                        f"unknown content-transfer-encoding in message UID {message.state.uid}",
-                        responses.UNKNOWN_CTE,
+        sent: list[int] = []
+        try:
+            for batch in batches:
+                async with store.read_session() as session:
+                    messages = await queries.fetch_messages(
+                        session,
+                        store.cipher,
+                        selected.folder_id,
+                        batch,
+                        body=body,
+                        structure=structure,
+                        changed_since=cmd.changed_since,
+                        reader_id=reader_id,
                     )
-                )
-                return
-            self.writer.write(responses.fetch(seq_of[message.state.uid], items))
-            await self.writer.drain()
+                out: list[bytes] = []
+                for message in messages:
+                    uid = message.state.uid
+                    if asked_flags:  # answered here: no unsolicited FETCH repeats these flags
+                        self._reported[uid] = message.state.modseq
+                    try:
+                        items = fetch_items.render(
+                            message.state,
+                            cmd.items,
+                            raw=message.raw,
+                            structure=message.structure,
+                            # rfc/7162 §3.2.4: once QRESYNC is on, FLAGS set implicitly carry
+                            # the UID.
+                            with_uid=cmd.uid or (self.qresync and uid in flags_changed),
+                            with_flags=uid in flags_changed,
+                            # rfc/7162 §3.1.4.1: CHANGEDSINCE implies MODSEQ; §3.2: so do flag
+                            # changes.
+                            with_modseq=cmd.changed_since is not None
+                            or (self.condstore and uid in flags_changed),
+                        )
+                    except UnknownEncodingError:
+                        # rfc/3516 §4.3: a BINARY item whose encoding we cannot remove fails
+                        # the FETCH (the FETCH responses already sent stay valid).
+                        self.writer.write(b"".join(out))
+                        await self._send(
+                            responses.tagged(
+                                cmd.tag,
+                                "NO",
+                                f"unknown content-transfer-encoding in message UID {uid}",
+                                responses.UNKNOWN_CTE,
+                            )
+                        )
+                        return
+                    out.append(responses.fetch(seq_of[uid], items))
+                    sent.append(uid)
+                await self._send(*out)
+        finally:
+            if selected.access is not None:
+                self._audit_shared_fetch(selected, cmd, sent)
         await self._refresh(expunge=cmd.uid)  # rfc/3501 §7.4.1: no EXPUNGE during FETCH
         await self._send(responses.tagged(cmd.tag, "OK", "FETCH completed"))
 
@@ -1242,19 +1284,14 @@ class ImapSession:
         assert self.account is not None
         return self.account.mailbox_id
 
-    def _audit_shared_fetch(
-        self, selected: Selected, cmd: Fetch, messages: list[queries.FetchedMessage]
-    ) -> None:
+    def _audit_shared_fetch(self, selected: Selected, cmd: Fetch, uids: Sequence[int]) -> None:
         """A grantee's FETCH returning message content (body, headers, ENVELOPE,
         BODYSTRUCTURE) is audited: one event per command, with the UIDs."""
         assert selected.access is not None
         content = fetch_items.needs_body(cmd.items) or fetch_items.needs_structure(cmd.items)
-        if not messages or not content:
+        if not uids or not content:
             return
-        uid_set = ",".join(
-            f"{lo}" if lo == hi else f"{lo}:{hi}"
-            for lo, hi in compress(m.state.uid for m in messages)
-        )
+        uid_set = ",".join(f"{lo}" if lo == hi else f"{lo}:{hi}" for lo, hi in compress(uids))
         self._audit_shared(selected.access, selected.name, "FETCH", Outcome.OK, uids=uid_set)
 
     async def _store(self, cmd: Store) -> None:

@@ -252,3 +252,32 @@ async def test_idle_sees_append_expunge_and_delivery(imap: Imap) -> None:  # noq
         other.logout()
 
     await _in_thread(after_delivery)
+
+
+async def test_fetch_in_batches_sends_every_message_in_order(
+    imap: Imap,  # noqa: F811
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from mssante.operator.imap import session as imap_session
+
+    # Batches of 2 messages (and 1 KiB) instead of 500 (and 16 MiB): 7 messages, 4 batches.
+    monkeypatch.setattr(imap_session, "FETCH_BATCH_MESSAGES", 2)
+    monkeypatch.setattr(imap_session, "FETCH_BATCH_BYTES", 1024)
+    bodies = [MESSAGE.replace(b"fin.", f"fin {n}.".encode()) for n in range(7)]
+
+    def scenario() -> None:
+        client = _login(imap)
+        for body in bodies:
+            assert client.append("INBOX", None, None, body)[0] == "OK"
+        client.select("INBOX")
+        typ, data = client.fetch("1:*", "(UID BODY.PEEK[])")
+        assert typ == "OK"
+        literals = [item for item in data if isinstance(item, tuple)]
+        assert [item[1] for item in literals] == bodies
+        numbers = [int(item[0].split()[0]) for item in literals]
+        assert numbers == list(range(1, 8))
+        typ, data = client.fetch("3:5", "(ENVELOPE)")
+        assert typ == "OK" and len(data) == 3
+        client.logout()
+
+    await _in_thread(scenario)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from mssante.operator.imap.auth import LoginThrottle, PlainCredentials, decode_plain
-from mssante.operator.imap.session import _wildcard_match, capabilities
+from mssante.operator.imap.session import _batches, _wildcard_match, capabilities
 
 
 def test_decode_plain() -> None:
@@ -50,3 +50,13 @@ def test_capabilities_before_and_after_tls() -> None:
     tls = capabilities(tls=True, authenticated=False)
     assert "AUTH=PLAIN" in tls and "SASL-IR" in tls and "STARTTLS" not in tls
     assert "AUTH=PLAIN" not in capabilities(tls=True, authenticated=True)
+
+
+def test_fetch_batches_bound_count_and_octets() -> None:
+    uids = list(range(1, 1201))
+    assert [len(b) for b in _batches(uids, {})] == [500, 500, 200]
+    mib = 1024 * 1024
+    sizes = {1: 10 * mib, 2: 5 * mib, 3: 2 * mib, 4: 40 * mib, 5: 1}
+    # 10 + 5 fits in 16 MiB, 2 more does not; a message larger than a batch goes alone.
+    assert _batches([1, 2, 3, 4, 5], sizes) == [[1, 2], [3], [4], [5]]
+    assert _batches([], sizes) == []
