@@ -26,6 +26,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final, Literal
 
+from sqlalchemy.exc import SQLAlchemyError
+
 from mssante.logs import event
 from mssante.operator import mime
 from mssante.operator.imap import (
@@ -426,8 +428,12 @@ class ImapSession:
         else:
             try:
                 await self._command(ev)
-            except StoreError:
+            except (StoreError, SQLAlchemyError):
+                # A database that fails (down, a deadlock, a constraint): this command gets
+                # NO [UNAVAILABLE] (rfc/5530 §3), its transaction is rolled back, and the
+                # session goes on.
                 log.exception("store error in an IMAP command")
+                self._resume_if_paused()
                 await self._send(
                     responses.tagged(ev.tag, "NO", "temporary failure", responses.UNAVAILABLE)
                 )
@@ -1410,7 +1416,7 @@ class ImapSession:
                 self.saved = []
             await self._no_cannot(cmd.tag, f"{exc}")
             return
-        except StoreError:
+        except (StoreError, SQLAlchemyError):
             if saving:
                 self.saved = []  # rfc/5182 §2.1; the caller answers NO [UNAVAILABLE]
             raise

@@ -8,7 +8,7 @@ import imaplib
 import re
 
 import pytest
-from sqlalchemy import func, select, update
+from sqlalchemy import func, select, text, update
 from test_imap_server import (  # the shared server fixture and helpers
     MESSAGE,
     PASSWORD,
@@ -281,3 +281,38 @@ async def test_fetch_in_batches_sends_every_message_in_order(
         client.logout()
 
     await _in_thread(scenario)
+
+
+async def test_database_failure_answers_unavailable_and_loses_nothing(imap: Imap) -> None:  # noqa: F811
+    """A database error in a command (here the `expunged` table made to vanish) is answered
+    `NO [UNAVAILABLE]`, its transaction is rolled back, and the session goes on."""
+    client = await _in_thread(lambda: _login(imap))
+
+    def mark_deleted() -> None:
+        assert client.append("INBOX", None, None, MESSAGE)[0] == "OK"
+        client.select("INBOX")
+        assert client.store("1", "+FLAGS", "(\\Deleted)")[0] == "OK"
+
+    await _in_thread(mark_deleted)
+    async with imap.running.store.session() as session:
+        await session.execute(text("ALTER TABLE expunged RENAME TO expunged_away"))
+        await session.commit()
+
+    def failing_expunge() -> None:
+        typ, data = client._simple_command("EXPUNGE")
+        assert (typ, data) == ("NO", [b"[UNAVAILABLE] temporary failure"])
+
+    await _in_thread(failing_expunge)
+    async with imap.running.store.session() as session:
+        await session.execute(text("ALTER TABLE expunged_away RENAME TO expunged"))
+        await session.commit()
+
+    def after() -> None:
+        # Nothing was removed by the failed EXPUNGE; the same session goes on and expunges.
+        typ, data = client.fetch("1", "(FLAGS)")
+        assert typ == "OK" and b"\\Deleted" in (data[0] or b"")
+        typ, data = client.expunge()
+        assert (typ, data) == ("OK", [b"1"])
+        client.logout()
+
+    await _in_thread(after)
