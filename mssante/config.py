@@ -81,8 +81,7 @@ class RelaySettings:
 class ImapSettings:
     """The IMAP listeners for professionals' mail clients (docs/imap.md)."""
 
-    enabled: bool = False
-    """Off by default while the server is partial (docs/imap.md lists what it does)."""
+    enabled: bool = True
     listen: str = "0.0.0.0:143"
     """HOST:PORT of the listener where clients start TLS with STARTTLS."""
     implicit_tls_listen: str = "0.0.0.0:993"

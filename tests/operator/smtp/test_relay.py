@@ -110,6 +110,8 @@ async def running_relay(
         extra=f"""
 [metrics]
 enabled = false
+[imap]
+enabled = false
 [relay]
 listen = "127.0.0.1:{port}"
 max_recipients = {MAX_RECIPIENTS}

@@ -62,6 +62,8 @@ def operator_config(write_config: ConfigWriter) -> Iterator[tuple[Path, int]]:
         extra=f"""
 [metrics]
 enabled = false
+[imap]
+enabled = false
 [relay]
 listen = "127.0.0.1:{port}"
 [whitelist]
