@@ -58,6 +58,7 @@ ROOT = Path(__file__).resolve().parents[1]
 FIXTURES = ROOT / "tls-fixtures"
 MSSANTE = str(Path(sys.executable).with_name("mssante"))
 DOMAIN = "bench.mssante.test"
+WARM_UP_CONNECTIONS = 64
 USER = f"lecteur@{DOMAIN}"
 PASSWORD = "bench-password-1234"
 
@@ -370,6 +371,12 @@ async def measure(port: int, pid: int, args: argparse.Namespace, count: int) -> 
     for c in writers:
         c.close()
 
+    # Warm-up: the first logins grow the server's fixed costs (argon2's 64 MiB working memory
+    # in each worker thread's malloc arena, pools, caches); measured after them, the delta is
+    # what each idle connection costs.
+    warm = [await Client.open(port, context) for _ in range(WARM_UP_CONNECTIONS)]
+    for c in warm:
+        c.close()
     await asyncio.sleep(1)
     before = _rss_kb(pid)
     idle: list[Client] = []
