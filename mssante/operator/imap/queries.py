@@ -12,6 +12,7 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from sqlalchemy import ColumnElement, and_, bindparam, delete, false, func, insert, or_, select
 from sqlalchemy import update as sql_update
@@ -132,8 +133,21 @@ def uid_predicate(runs: Sequence[tuple[int, int]]) -> ColumnElement[bool]:
     return or_(*(MessageRow.uid.between(lo, hi) for lo, hi in runs))
 
 
+def flag_columns(reader_id: int | None = None) -> list[Any]:
+    """The columns `flags_of` reads, in its order; `reader_id`: a grantee of a shared folder,
+    whose \\Seen is their own (store.seen)."""
+    return [
+        MessageRow.seen if reader_id is None else store_seen.seen_by(reader_id),
+        MessageRow.answered,
+        MessageRow.flagged,
+        MessageRow.deleted,
+        MessageRow.draft,
+        MessageRow.keywords,
+    ]
+
+
 def flags_of(row: Sequence[object]) -> tuple[str, ...]:
-    """Flag names of (seen, answered, flagged, deleted, draft, keywords)."""
+    """Flag names of (seen, answered, flagged, deleted, draft, keywords): `flag_columns`."""
     names = [f for f, on in zip(fetch_items.SYSTEM_FLAGS, row[:5], strict=True) if on]
     keywords = str(row[5] or "")
     return (*names, *keywords.split())
@@ -184,12 +198,7 @@ async def fetch_messages(
         MessageRow.uid,
         MessageRow.size,
         MessageRow.internal_date,
-        MessageRow.seen if reader_id is None else store_seen.seen_by(reader_id),
-        MessageRow.answered,
-        MessageRow.flagged,
-        MessageRow.deleted,
-        MessageRow.draft,
-        MessageRow.keywords,
+        *flag_columns(reader_id),
         MessageRow.modseq,
     ]
     need_blob = body or structure
@@ -733,8 +742,8 @@ async def lock_folders(session: AsyncSession, folder_ids: Sequence[int]) -> None
 
 
 async def folder_marker(session: AsyncSession, folder_id: int) -> tuple[int, int] | None:
-    """(UIDNEXT, HIGHESTMODSEQ) of a folder: any APPEND, STORE or EXPUNGE changes it. IDLE
-    polls this cheap row to notice changes made by other processes or by Delivery."""
+    """(UIDNEXT, HIGHESTMODSEQ) of a folder: any APPEND, STORE or EXPUNGE changes it. A
+    session's refresh reads this cheap row first and stops there when nothing moved."""
     row = (
         await session.execute(
             select(FolderRow.uidnext, FolderRow.highest_modseq).where(FolderRow.id == folder_id)

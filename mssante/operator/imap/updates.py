@@ -28,9 +28,8 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from mssante.operator.imap import responses
-from mssante.operator.imap.queries import flags_of
+from mssante.operator.imap.queries import flag_columns, flags_of
 from mssante.operator.imap.sequence import SequenceSet
-from mssante.operator.store import seen as store_seen
 from mssante.operator.store.schema import ExpungedRow, MessageRow
 
 
@@ -159,16 +158,7 @@ async def changed_since(
     `reader_id`: a grantee of a shared folder, whose \\Seen is their own (store.seen)."""
     rows = (
         await session.execute(
-            select(
-                MessageRow.uid,
-                MessageRow.modseq,
-                MessageRow.seen if reader_id is None else store_seen.seen_by(reader_id),
-                MessageRow.answered,
-                MessageRow.flagged,
-                MessageRow.deleted,
-                MessageRow.draft,
-                MessageRow.keywords,
-            )
+            select(MessageRow.uid, MessageRow.modseq, *flag_columns(reader_id))
             .where(MessageRow.folder_id == folder_id, MessageRow.modseq > modseq)
             .order_by(MessageRow.uid)
         )
