@@ -1659,7 +1659,7 @@ class ImapSession:
             await self._no_cannot(cmd.tag, "invalid new name")
             return
         if source.name == store_folders.INBOX:
-            await self._no_cannot(cmd.tag, "renaming INBOX is not implemented")
+            await self._rename_inbox(cmd.tag, source, destination)
             return
         async with self.server.store.session() as session:
             entries = await store_folders.list_folders(session, mailbox_id)
@@ -1682,6 +1682,27 @@ class ImapSession:
                     await store_folders.create_folder(session, mailbox_id, parent)
             await session.commit()
         await self._send(responses.tagged(cmd.tag, "OK", "RENAME completed"))
+
+    async def _rename_inbox(self, tag: str, inbox: store_folders.Folder, destination: str) -> None:
+        """rfc/3501 §6.3.5, rfc/9051 §6.3.6: renaming INBOX moves all its messages to a new
+        mailbox and leaves INBOX empty; INBOX's inferior names are unaffected. The INBOX folder
+        itself (messages, UIDs, UIDVALIDITY) takes the new name, and a new empty INBOX is made
+        with a new UIDVALIDITY, in one transaction."""
+        async with self.server.store.session() as session:
+            names = {f.name for f in await store_folders.list_folders(session, inbox.mailbox_id)}
+            if destination in names:
+                await self._send(
+                    responses.tagged(tag, "NO", "mailbox exists", responses.ALREADYEXISTS)
+                )
+                return
+            await queries.rename_folders(session, [(inbox.id, destination)])
+            for parent in _parents(destination):
+                if parent not in names:
+                    await store_folders.create_folder(session, inbox.mailbox_id, parent)
+            await store_folders.create_folder(session, inbox.mailbox_id, store_folders.INBOX)
+            await folders_changed(session, [inbox.id])
+            await session.commit()
+        await self._send(responses.tagged(tag, "OK", "RENAME completed"))
 
     async def _subscribe(self, cmd: Subscribe | Unsubscribe) -> None:
         verb = type(cmd).__name__.upper()

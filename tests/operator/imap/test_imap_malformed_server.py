@@ -45,7 +45,7 @@ SELECTED: list[tuple[bytes, str | None, bytes]] = [
     (b"t1 CREATE INBOX\r\n", T, b"NO [ALREADYEXISTS]"),
     (b"t1 DELETE INBOX\r\n", T, b"NO [CANNOT]"),
     (b"t1 DELETE Nulle-part\r\n", T, b"NO [NONEXISTENT]"),
-    (b"t1 RENAME INBOX Autre\r\n", T, b"NO [CANNOT]"),
+    (b"t1 RENAME INBOX INBOX/Sous\r\n", T, b"NO [CANNOT] invalid new name"),
     (b"t1 SUBSCRIBE Nulle-part\r\n", T, b"NO [NONEXISTENT]"),
     (b't1 SETQUOTA "" (STORAGE 1)\r\n', T, b"NO [NOPERM] quotas are set by the operator"),
     (b't1 GETQUOTA "#user/autre"\r\n', T, b"NO [NONEXISTENT] no such quota root"),

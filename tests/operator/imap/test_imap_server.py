@@ -206,7 +206,9 @@ async def _deliver(imap: Imap) -> bytes:
     finally:
         await delivery.close()
     async with running.store.read_session() as session:
-        blob_id = (await session.execute(select(MessageRow.blob_id))).scalar_one()
+        # The message just delivered: the newest row (other messages may be there already).
+        newest = select(MessageRow.blob_id).order_by(MessageRow.id.desc()).limit(1)
+        blob_id = (await session.execute(newest)).scalar_one()
         return await blobs.get_blob(session, running.store.cipher, blob_id)
 
 

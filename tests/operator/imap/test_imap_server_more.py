@@ -316,3 +316,42 @@ async def test_database_failure_answers_unavailable_and_loses_nothing(imap: Imap
         client.logout()
 
     await _in_thread(after)
+
+
+async def test_rename_inbox_moves_its_messages_and_leaves_it_empty(imap: Imap) -> None:  # noqa: F811
+    client = await _in_thread(lambda: _login(imap))
+    uidvalidity = re.compile(rb"UIDVALIDITY (\d+)")
+
+    def rename() -> tuple[int, int]:
+        for _ in range(2):
+            assert client.append("INBOX", None, None, MESSAGE)[0] == "OK"
+        assert client.create("INBOX/Suivi")[0] == "OK"
+        typ, data = client.status("INBOX", "(MESSAGES UIDVALIDITY)")
+        before = int(uidvalidity.findall(data[0] or b"")[0])
+        # rfc/3501 §6.3.5: the messages go to the new name, INBOX stays and is empty.
+        assert client.rename("INBOX", '"Archives 2025"')[0] == "OK"
+        typ, data = client.status('"Archives 2025"', "(MESSAGES UIDNEXT UIDVALIDITY)")
+        assert typ == "OK"
+        assert data[0] == b'"Archives 2025" (MESSAGES 2 UIDNEXT 3 UIDVALIDITY %d)' % before
+        typ, data = client.status("INBOX", "(MESSAGES UIDVALIDITY)")
+        after = int(uidvalidity.findall(data[0] or b"")[0])
+        assert b"(MESSAGES 0 " in (data[0] or b"")
+        assert "INBOX/Suivi" in _listed(client)  # inferior names are unaffected
+        # The new name is taken now: renaming INBOX onto it again is refused.
+        assert client.append("INBOX", None, None, MESSAGE)[0] == "OK"
+        typ, data = client._simple_command("RENAME", "INBOX", '"Archives 2025"')
+        assert (typ, data) == ("NO", [b"[ALREADYEXISTS] mailbox exists"])
+        return before, after
+
+    before, after = await _in_thread(rename)
+    assert after > before  # rfc/3501 §2.3.1.1: a new mailbox, a new UIDVALIDITY
+    await _deliver(imap)  # new mail goes to the new INBOX
+
+    def check() -> None:
+        _, data = client.status("INBOX", "(MESSAGES)")
+        assert data[0] == b'"INBOX" (MESSAGES 2)'
+        _, data = client.status('"Archives 2025"', "(MESSAGES)")
+        assert data[0] == b'"Archives 2025" (MESSAGES 2)'
+        client.logout()
+
+    await _in_thread(check)
