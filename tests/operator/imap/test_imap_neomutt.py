@@ -26,7 +26,8 @@ pytestmark = [
     pytest.mark.skipif(
         (shutil.which("neomutt") is None or shutil.which("script") is None)
         and os.environ.get("CI") != "true",
-        reason="neomutt not installed (Debian package neomutt; ./dev.sh test installs it)",
+        reason="neomutt or script not installed (Debian packages neomutt and bsdutils; "
+        "./dev.sh test installs neomutt)",
     ),
 ]
 
