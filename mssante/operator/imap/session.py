@@ -17,6 +17,7 @@ is computed by `updates.py`; `_refresh` sends it.
 from __future__ import annotations
 
 import asyncio
+import bisect
 import contextlib
 import logging
 import ssl
@@ -272,6 +273,22 @@ def _has_modseq(key: SearchKey) -> bool:
     if isinstance(key, AndKey):
         return any(_has_modseq(k) for k in key.keys)
     return False
+
+
+def _merged(runs: Iterable[tuple[int, int]]) -> list[tuple[int, int]]:
+    """Ranges sorted and with overlapping or adjacent ones joined."""
+    out: list[tuple[int, int]] = []
+    for lo, hi in sorted(runs):
+        if out and lo <= out[-1][1] + 1:
+            out[-1] = (out[-1][0], max(out[-1][1], hi))
+        else:
+            out.append((lo, hi))
+    return out
+
+
+def _in_runs(value: int, merged: Sequence[tuple[int, int]], starts: Sequence[int]) -> bool:
+    index = bisect.bisect_right(starts, value) - 1
+    return index >= 0 and value <= merged[index][1]
 
 
 def _snapshot(uids: Iterable[int]) -> array[int]:
@@ -1151,8 +1168,8 @@ class ImapSession:
 
     # --- messages -----------------------------------------------------------------------------
 
-    def _target_uids(self, sequence: SequenceSet, uid: bool) -> list[int] | None:
-        """UIDs a set names in the snapshot (never None: `$` is the saved result)."""
+    def _target_uids(self, sequence: SequenceSet, uid: bool) -> list[int]:
+        """UIDs a set names in the snapshot (`$` is the saved result)."""
         if sequence.saved:
             # rfc/5182 §2.1: the saved UIDs, whether the command uses UIDs or numbers;
             # those expunged since are no longer in the snapshot, so they drop out.
@@ -1161,8 +1178,10 @@ class ImapSession:
         if not self.uids:
             return []
         if uid:
-            runs = sequence.resolve(self.uids[-1])
-            return [u for u in self.uids if any(lo <= u <= hi for lo, hi in runs)]
+            merged = _merged(sequence.resolve(self.uids[-1]))
+            starts = [lo for lo, _ in merged]
+            # One bisection per UID: a set may hold thousands of ranges (limits.py).
+            return [u for u in self.uids if _in_runs(u, merged, starts)]
         runs = sequence.resolve(len(self.uids))
         return [self.uids[n - 1] for lo, hi in runs for n in range(lo, min(hi, len(self.uids)) + 1)]
 
@@ -1177,9 +1196,6 @@ class ImapSession:
             await self._no_cannot(cmd.tag, "FETCH item or modifier not implemented yet")
             return
         uids = self._target_uids(cmd.sequence, cmd.uid)
-        if uids is None:
-            await self._no_cannot(cmd.tag, "$ is not implemented yet")
-            return
         if not cmd.uid and cmd.sequence.ranges and not uids and not self.uids:
             await self._bad(cmd.tag, "no messages")  # rfc/9051 §6.4.5: invalid sequence numbers
             return
@@ -1319,9 +1335,6 @@ class ImapSession:
             )
             return
         uids = self._target_uids(cmd.sequence, cmd.uid)
-        if uids is None:
-            await self._no_cannot(cmd.tag, "$ is not implemented yet")
-            return
         # \Recent is the server's (rfc/3501 §2.3.2): a client cannot set or clear it.
         flags = [f for f in cmd.flags if f.lower() != "\\recent"]
         access = selected.access
@@ -1502,9 +1515,6 @@ class ImapSession:
         only: list[int] | None = None
         if cmd.uids is not None:  # rfc/4315 §2.1: only these UIDs, if \Deleted
             only = self._target_uids(cmd.uids, True)
-            if only is None:
-                await self._no_cannot(cmd.tag, "$ is not implemented yet")
-                return
         await self._remove_deleted(selected, only, announce=True)
         await self._refresh()  # what other sessions changed, before the tagged OK (rfc/3501 §7)
         await self._send(responses.tagged(cmd.tag, "OK", "EXPUNGE completed"))
@@ -1831,9 +1841,6 @@ class ImapSession:
             )
             return
         uids = self._target_uids(cmd.sequence, cmd.uid)
-        if uids is None:
-            await self._no_cannot(cmd.tag, "$ is not implemented yet")
-            return
         located = await self._locate(cmd.mailbox, verb)
         if located is None:
             await self._send(

@@ -3,7 +3,13 @@
 from __future__ import annotations
 
 from mssante.operator.imap.auth import LoginThrottle, PlainCredentials, decode_plain
-from mssante.operator.imap.session import _batches, _wildcard_match, capabilities
+from mssante.operator.imap.session import (
+    _batches,
+    _in_runs,
+    _merged,
+    _wildcard_match,
+    capabilities,
+)
 
 
 def test_decode_plain() -> None:
@@ -60,3 +66,11 @@ def test_fetch_batches_bound_count_and_octets() -> None:
     # 10 + 5 fits in 16 MiB, 2 more does not; a message larger than a batch goes alone.
     assert _batches([1, 2, 3, 4, 5], sizes) == [[1, 2], [3], [4], [5]]
     assert _batches([], sizes) == []
+
+
+def test_uid_ranges_are_merged_and_found_by_bisection() -> None:
+    merged = _merged([(10, 12), (1, 3), (4, 4), (11, 20), (30, 30)])
+    assert merged == [(1, 4), (10, 20), (30, 30)]
+    starts = [lo for lo, _ in merged]
+    inside = [u for u in range(0, 35) if _in_runs(u, merged, starts)]
+    assert inside == [1, 2, 3, 4, *range(10, 21), 30]
