@@ -50,7 +50,7 @@ from prometheus_client import Counter, Histogram
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from mssante.config import Settings
-from mssante.operator import mime
+from mssante.operator import metarecord, mime
 from mssante.operator.dkim import NO_SIGNATURE, DkimVerdict, DkimVerifier, result_clauses
 from mssante.operator.errors import (
     MailError,
@@ -281,13 +281,9 @@ def _assemble_and_seal(
 ) -> tuple[SealedBlob, int, SealedRecord]:
     """The CPU part of preparing a delivery; pure, safe to run in a worker thread."""
     final = assemble(prefix, data, header, hostname)
-    try:
-        structure = mime.parse(final)
-    except Exception:  # the parser is fuzzed never to raise; if it does, still deliver
-        log.error("MIME parser failed, storing a minimal structure", exc_info=True)
-        structure = mime.fallback(final)
+    record = metarecord.build(metarecord.parse(final), final)
     sealed = cipher.seal(final)
-    meta = blobmeta.seal_meta(cipher, sealed.digest, mime.to_json(structure), final)
+    meta = blobmeta.seal_meta(cipher, sealed.digest, record, final)
     return sealed, len(final), meta
 
 

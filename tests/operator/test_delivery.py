@@ -31,7 +31,7 @@ from mssante.config import (
     Settings,
     StorageSettings,
 )
-from mssante.operator import mime
+from mssante.operator import metarecord, mime
 from mssante.operator.delivery import (
     Delivery,
     DeliveryReport,
@@ -349,7 +349,7 @@ async def test_message_without_separator_is_stored_with_one(
     report = await delivery.deliver(_envelope(ADDRESSES[MailboxType.CAB]), data, SESSION)
     stored = await _stored(hosted, report)
     assert stored.endswith(b"Subject: sans ligne vide\r\n\r\nceci n'est pas un champ\r\nfin\r\n")
-    structure = await _structure(hosted, report)
+    structure = (await _structure(hosted, report)).message
     assert stored[structure.body.body_start :] == b"ceci n'est pas un champ\r\nfin\r\n"
     assert structure.envelope.subject == "sans ligne vide"
 
@@ -375,9 +375,9 @@ def test_authentication_results_for_no_verification() -> None:
 # --- what IMAP will read ----------------------------------------------------------------------
 
 
-async def _structure(store: Store, report: DeliveryReport) -> mime.Message:
+async def _structure(store: Store, report: DeliveryReport) -> metarecord.Record:
     async with store.read_session() as session:
-        return mime.from_json(await blobmeta.get_blob_meta(session, store.cipher, report.blob_id))
+        return metarecord.read(await blobmeta.get_blob_meta(session, store.cipher, report.blob_id))
 
 
 async def test_structure_is_precomputed_for_the_stored_message(
@@ -399,8 +399,15 @@ async def test_structure_is_precomputed_for_the_stored_message(
     )
     report = await delivery.deliver(_envelope(ADDRESSES[MailboxType.PER]), data, SESSION)
     stored = await _stored(hosted, report)
-    structure = await _structure(hosted, report)
+    record = await _structure(hosted, report)
+    structure = record.message
     assert structure == mime.parse(stored)
+    # The responses a header FETCH sends, and the header a SEARCH checks, stored ready.
+    assert record.envelope == mime.imap_envelope(structure.envelope)
+    assert record.bodystructure == mime.imap_body(structure.body, True)
+    assert record.body == mime.imap_body(structure.body, False)
+    assert record.header == stored[: structure.body.body_start]
+    assert record.header is not None and record.header.endswith(b"\r\n\r\n")
     assert structure.envelope.subject == "Resultats IRM"
     assert structure.body.header_start == 0
     assert structure.size == len(stored) == report.size
@@ -728,7 +735,8 @@ async def test_large_message_is_prepared_off_the_loop(hosted: Store, delivery: D
     data = _message(body=b"0123456789" * 40_000 + b"\r\n")
     report = await delivery.deliver(_envelope(ADDRESSES[MailboxType.APP]), data, SESSION)
     assert (await _stored(hosted, report)).endswith(data)
-    assert (await _structure(hosted, report)).body.size == len(data) - data.index(b"\r\n\r\n") - 4
+    body = (await _structure(hosted, report)).message.body
+    assert body.size == len(data) - data.index(b"\r\n\r\n") - 4
 
 
 # --- database outage ---------------------------------------------------------------------------

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import func, inspect, select, text
 
+from mssante.operator import metarecord, mime
 from mssante.operator.store import audit, blobmeta, blobs, domains, dsn, folders, mailboxes
 from mssante.operator.store import messages as msgs
 from mssante.operator.store.crypto import BlobCipher
@@ -220,6 +221,29 @@ async def test_rekey_reseals_the_structure_too(store: Store) -> None:
         assert await blobmeta.get_blob_meta(session, only_new, new_twin) == b"structure-2"
         assert set((await session.scalars(select(BlobMetaRow.key_id))).all()) == {"k2"}
         assert await session.scalar(select(func.count()).select_from(BlobMetaRow)) == 2
+
+
+async def test_rekey_rewrites_a_version_1_structure_record_as_version_2(store: Store) -> None:
+    cipher = store.cipher
+    raw = b"From: a@b.fr\r\nSubject: ancien\r\n\r\ncorps\r\n"
+    structure = mime.parse(raw)
+    async with store.session() as session:
+        blob_id = await blobs.put_blob(session, cipher, raw)
+        old = blobmeta.seal_meta(cipher, cipher.digest(raw), mime.to_json(structure))
+        await blobmeta.put_blob_meta(session, [(blob_id, old)])
+        await session.commit()
+    async with store.read_session() as session:
+        before = metarecord.read(await blobmeta.get_blob_meta(session, cipher, blob_id))
+    assert before.header is None  # version 1: no stored header, responses rendered on demand
+    rotated = Store(store.engine, BlobCipher({"k1": KEY_1, "k2": KEY_2}, "k2"))
+    assert await blobs.rekey(rotated) == 1
+    async with store.read_session() as session:
+        plain = await blobmeta.get_blob_meta(session, rotated.cipher, blob_id)
+    after = metarecord.read(plain)
+    assert plain.startswith(metarecord.MAGIC)
+    assert after.header == b"From: a@b.fr\r\nSubject: ancien\r\n\r\n"
+    assert after.envelope == before.envelope and after.bodystructure == before.bodystructure
+    assert after.message == structure
 
 
 async def test_dsn_requests_record_list_and_mark(store: Store) -> None:

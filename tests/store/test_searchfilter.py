@@ -3,9 +3,11 @@ and rebuilt under the new key by `db rekey` (SQLite and PostgreSQL)."""
 
 from __future__ import annotations
 
-from sqlalchemy import select
+import random
 
-from mssante.operator.store import blobmeta, blobs, searchfilter
+from sqlalchemy import select, update
+
+from mssante.operator.store import _sql, blobmeta, blobs, searchfilter
 from mssante.operator.store.crypto import BlobCipher
 from mssante.operator.store.db import Store
 from mssante.operator.store.schema import BlobMetaRow
@@ -58,3 +60,50 @@ def test_seal_meta_without_the_message_has_no_filter() -> None:
     assert with_filter.search_filter == searchfilter.build_for_message(
         cipher.search_key("k1"), MESSAGE
     )
+
+
+async def test_filter_test_in_sql_agrees_with_python(store: Store) -> None:
+    """`_sql.MaskSet` (SQLite: our registered function; PostgreSQL: get_bit) gives the answer
+    `Probe.may_match` gives, on stored filters, and keeps NULL filters out of its own answer."""
+    rng = random.Random(7)
+    values: dict[int, bytes | None] = {}
+    async with store.session() as session:
+        for n in range(24):
+            body = f"Subject: filtre {n}\r\n\r\nx\r\n".encode()
+            blob_id = await blobs.put_blob(session, store.cipher, body)
+            # Sparse and dense filters, and one without any.
+            bits = 0 if n == 0 else sum(1 << rng.randrange(2048) for _ in range(40 * (n % 5)))
+            value = None if n == 23 else bits.to_bytes(searchfilter.FILTER_BYTES, "big")
+            sealed = blobmeta.seal_meta(store.cipher, store.cipher.digest(body), b"{}")
+            await blobmeta.put_blob_meta(session, [(blob_id, sealed)])
+            await session.execute(
+                update(BlobMetaRow)
+                .where(BlobMetaRow.blob_id == blob_id)
+                .values(search_filter=value)
+            )
+            values[blob_id] = value
+        await session.commit()
+    for _ in range(12):
+        masks = [
+            sum(1 << rng.randrange(2048) for _ in range(rng.choice((0, 1, 2, 8)))) for _ in range(2)
+        ]
+        as_bytes = [m.to_bytes(searchfilter.FILTER_BYTES, "big") for m in masks]
+        column = BlobMetaRow.__table__.c.search_filter
+        async with store.read_session() as session:
+            found = set(
+                (
+                    await session.scalars(
+                        select(BlobMetaRow.blob_id).where(_sql.MaskSet(column, *as_bytes))
+                    )
+                ).all()
+            )
+        expected = {
+            blob_id
+            for blob_id, value in values.items()
+            if value is not None
+            and searchfilter.Probe(masks[0], masks[1]).may_match(searchfilter.as_int(value))
+        }
+        assert found == expected
+    assert _sql.mask_set(None, b"\x01") is None
+    assert _sql.mask_set(b"\x03", b"\x04", b"\x02") == 1
+    assert _sql.mask_set(b"\x03", b"\x04") == 0

@@ -1,8 +1,8 @@
 """FETCH data items from a stored message, without I/O (rfc/3501 §6.4.5, §7.4.2).
 
 The session reads the rows (and, when an item needs them, the decrypted body and the sealed
-structure computed at delivery, `operator.mime`) and hands them here; this module builds the
-`(NAME value)` pairs `responses.fetch` writes.
+structure record written at delivery, `operator.metarecord`) and hands them here; this module
+builds the `(NAME value)` pairs `responses.fetch` writes.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import datetime as dt
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from mssante.operator import mime
+from mssante.operator import metarecord, mime
 from mssante.operator.imap import binary, responses
 from mssante.operator.imap.commands import (
     FetchAttr,
@@ -145,7 +145,7 @@ def render(
     items: Sequence[FetchItem],
     *,
     raw: bytes | None,
-    structure: mime.Message | None,
+    structure: metarecord.Record | None,
     with_uid: bool,
     with_flags: bool,
     with_modseq: bool = False,
@@ -168,14 +168,14 @@ def render(
     for item in items:
         if isinstance(item, FetchBody):
             assert raw is not None and structure is not None
-            data = section_bytes(raw, structure, item.section)
+            data = section_bytes(raw, structure.message, item.section)
             if item.partial is not None:
                 data = data[item.partial.offset : item.partial.offset + item.partial.length]
             add(item.reply_name, _literal(data))
             continue
         if isinstance(item, FetchBinary | FetchBinarySize):
             assert raw is not None and structure is not None
-            add(item.reply_name, binary.fetch_value(raw, structure, item))  # may raise
+            add(item.reply_name, binary.fetch_value(raw, structure.message, item))  # may raise
             continue
         assert isinstance(item, FetchAttr)
         name = item.name
@@ -191,22 +191,22 @@ def render(
             add("RFC822.SIZE", responses.number(state.size))
         elif name == "ENVELOPE":
             assert structure is not None
-            add("ENVELOPE", mime.imap_envelope(structure.envelope))
+            add("ENVELOPE", structure.envelope)
         elif name == "BODYSTRUCTURE":
             assert structure is not None
-            add("BODYSTRUCTURE", mime.imap_body(structure.body, True))
+            add("BODYSTRUCTURE", structure.bodystructure)
         elif name == "BODY":
             assert structure is not None
-            add("BODY", mime.imap_body(structure.body, False))
+            add("BODY", structure.body)
         elif name == "RFC822":
             assert raw is not None
             add("RFC822", _literal(raw))
         elif name == "RFC822.HEADER":
             assert raw is not None and structure is not None
-            add("RFC822.HEADER", _literal(raw[: structure.body.body_start]))
+            add("RFC822.HEADER", _literal(raw[: structure.message.body.body_start]))
         elif name == "RFC822.TEXT":
             assert raw is not None and structure is not None
-            body = structure.body
+            body = structure.message.body
             add("RFC822.TEXT", _literal(raw[body.body_start : body.body_end]))
     if with_flags:
         add("FLAGS", responses.flag_list(state.flags))

@@ -19,7 +19,7 @@ from sqlalchemy import update as sql_update
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.sql.expression import case
 
-from mssante.operator import mime
+from mssante.operator import metarecord, mime
 from mssante.operator.imap import fetch as fetch_items
 from mssante.operator.imap.commands import (
     AndKey,
@@ -36,7 +36,7 @@ from mssante.operator.imap.commands import (
     UidKey,
 )
 from mssante.operator.imap.sequence import compress
-from mssante.operator.store import blobmeta
+from mssante.operator.store import _sql, blobmeta, searchfilter
 from mssante.operator.store import seen as store_seen
 from mssante.operator.store.crypto import BlobCipher
 from mssante.operator.store.messages import parse_flags
@@ -57,6 +57,7 @@ MAX_SQL_RANGES = 100  # OR-ed UID ranges in one predicate; beyond, a bounding ra
 _MESSAGES = Base.metadata.tables["messages"]
 _MAILBOXES = Base.metadata.tables["mailboxes"]
 _BLOB_META = Base.metadata.tables["blob_meta"]
+_BLOBS = Base.metadata.tables["blobs"]
 
 
 class UnsupportedError(Exception):
@@ -157,7 +158,7 @@ def flags_of(row: Sequence[object]) -> tuple[str, ...]:
 class FetchedMessage:
     state: fetch_items.MessageState
     raw: bytes | None
-    structure: mime.Message | None
+    structure: metarecord.Record | None
 
 
 async def message_sizes(
@@ -228,7 +229,7 @@ async def fetch_messages(
             modseq=int(row[9]),
         )
         raw: bytes | None = None
-        parsed: mime.Message | None = None
+        parsed: metarecord.Record | None = None
         i = 10
         if need_blob:
             blob_id, key_id, nonce, digest = row[i : i + 4]
@@ -242,12 +243,12 @@ async def fetch_messages(
                     plain = cipher.open_record(
                         m_key, m_nonce, m_ciphertext, blobmeta.context(digest)
                     )
-                    parsed = mime.from_json(plain)
+                    parsed = metarecord.read(plain)
                 else:
                     # A message stored before structures were kept: parse it now.
                     if raw is None:
                         raw = await _blob(session, cipher, int(blob_id))
-                    parsed = mime.parse(raw)
+                    parsed = metarecord.of_message(mime.parse(raw), raw)
         out.append(FetchedMessage(state, raw, parsed))
     return out
 
@@ -405,6 +406,20 @@ async def search_modseqs(
 
 
 @dataclass(frozen=True, slots=True)
+class SealedStructure:
+    key_id: str
+    nonce: bytes
+    ciphertext: bytes
+    digest: str  # of its blob, which the record is bound to
+
+    def open(self, cipher: BlobCipher) -> metarecord.Record:
+        plain = cipher.open_record(
+            self.key_id, self.nonce, self.ciphertext, blobmeta.context(self.digest)
+        )
+        return metarecord.read(plain)
+
+
+@dataclass(frozen=True, slots=True)
 class SearchRow:
     """A message a SEARCH may return: `values` are the extra boolean columns asked for,
     `search_filter` and `filter_key_id` its header filter (`store.searchfilter`), if any."""
@@ -416,6 +431,30 @@ class SearchRow:
     search_filter: bytes | None
     filter_key_id: str | None
     values: tuple[bool, ...]
+    record: SealedStructure | None = None  # its structure record, when asked for
+
+
+def filter_predicate(probes: dict[str, searchfilter.Probe]) -> ColumnElement[bool]:
+    """True where a message's keyed header filter may hold what a probe looks for, given the
+    probe under each configured storage key: an over-approximation of a header key that the
+    database evaluates (`_sql.MaskSet`), so that rows the filter rules out are never read.
+    Messages without a filter, or with one under a key no longer configured, stay in."""
+    meta = _BLOB_META.c
+
+    def mask(bits: int) -> bytes:
+        return bits.to_bytes(searchfilter.FILTER_BYTES, "big")
+
+    return or_(
+        meta.search_filter.is_(None),
+        meta.key_id.not_in(sorted(probes)),
+        *(
+            and_(
+                meta.key_id == key_id,
+                _sql.MaskSet(meta.search_filter, mask(p.required), mask(p.overflow)),
+            )
+            for key_id, p in sorted(probes.items())
+        ),
+    )
 
 
 async def search_rows(
@@ -426,26 +465,47 @@ async def search_rows(
     columns: Sequence[ColumnElement[bool]],
     *,
     with_filter: bool,
+    with_records: bool = False,
 ) -> list[SearchRow]:
     """The folder's messages up to `last_uid` matching `where`, ascending by UID, with each of
     `columns` evaluated (the parts of a search that SQL answers inside a larger expression),
-    and the header filter when asked: one SELECT (rfc/3501 §6.4.4 over the store)."""
+    and the header filter when asked, and the sealed structure record (`with_records`, which
+    implies `with_filter`): one SELECT (rfc/3501 §6.4.4 over the store)."""
     # Table columns, not ORM attributes: the rows come back without the ORM's per-row work
     # (a third of the time of a 10,000-message header search).
-    m, meta = _MESSAGES.c, _BLOB_META.c
+    m, meta, blob = _MESSAGES.c, _BLOB_META.c, _BLOBS.c
+    with_filter = with_filter or with_records
     extra = [case((c, True), else_=False) for c in columns]
-    filter_cols = (meta.search_filter, meta.key_id) if with_filter else ()
-    stmt = select(m.uid, m.modseq, m.blob_id, m.size, *filter_cols, *extra).where(
-        m.folder_id == folder_id, m.uid <= last_uid, *where
-    )
+    head: list[Any] = [m.uid, m.modseq, m.blob_id, m.size]
+    if with_filter:
+        head += [meta.search_filter, meta.key_id]
+    if with_records:
+        head += [meta.nonce, meta.ciphertext, blob.digest]
+    stmt = select(*head, *extra).where(m.folder_id == folder_id, m.uid <= last_uid, *where)
     if with_filter:
         stmt = stmt.outerjoin(_BLOB_META, meta.blob_id == m.blob_id)
+    if with_records:
+        stmt = stmt.join(_BLOBS, blob.id == m.blob_id)
     rows = (await session.execute(stmt.order_by(m.uid))).all()
-    if with_filter:
-        return [
-            SearchRow(r[0], r[1], r[2], r[3], r[4], r[5], tuple(map(bool, r[6:]))) for r in rows
-        ]
-    return [SearchRow(r[0], r[1], r[2], r[3], None, None, tuple(map(bool, r[4:]))) for r in rows]
+    n = len(head)
+    out: list[SearchRow] = []
+    for r in rows:
+        record = None
+        if with_records and r[7] is not None:
+            record = SealedStructure(r[5], r[6], r[7], r[8])
+        out.append(
+            SearchRow(
+                r[0],
+                r[1],
+                r[2],
+                r[3],
+                r[4] if with_filter else None,
+                r[5] if with_filter else None,
+                tuple(map(bool, r[n:])),
+                record,
+            )
+        )
+    return out
 
 
 @dataclass(frozen=True, slots=True)
@@ -472,6 +532,29 @@ async def sealed_blobs(session: AsyncSession, blob_ids: Sequence[int]) -> dict[i
         )
     ).all()
     return {int(r[0]): SealedBody(r[1], r[2], r[3], r[4]) for r in rows}
+
+
+async def sealed_structures(
+    session: AsyncSession, blob_ids: Sequence[int]
+) -> dict[int, SealedStructure]:
+    """The sealed structure records of these blobs (a few hundred octets each, with the
+    message's header: a header SEARCH batch), in one SELECT; blobs without one are absent."""
+    if not blob_ids:
+        return {}
+    rows = (
+        await session.execute(
+            select(
+                BlobMetaRow.blob_id,
+                BlobMetaRow.key_id,
+                BlobMetaRow.nonce,
+                BlobMetaRow.ciphertext,
+                BlobRow.digest,
+            )
+            .join(BlobRow, BlobRow.id == BlobMetaRow.blob_id)
+            .where(BlobMetaRow.blob_id.in_(sorted(set(blob_ids))))
+        )
+    ).all()
+    return {int(r[0]): SealedStructure(r[1], r[2], r[3], r[4]) for r in rows}
 
 
 # --- STORE (rfc/3501 §6.4.6) and EXPUNGE (§6.4.3) --------------------------------------------

@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Final, Literal
 from sqlalchemy.exc import SQLAlchemyError
 
 from mssante.logs import event
-from mssante.operator import mime
+from mssante.operator import metarecord
 from mssante.operator.imap import (
     auth,
     external,
@@ -253,13 +253,9 @@ def seal_message(cipher: BlobCipher, data: bytes) -> tuple[SealedBlob, SealedRec
     """The CPU part of storing an APPENDed message, run in a worker thread: the body sealed and
     its MIME structure sealed as the `blob_meta` record, exactly as Delivery prepares them
     (`delivery._assemble_and_seal`) but over the client's bytes unchanged (no trace fields)."""
-    try:
-        structure = mime.parse(data)
-    except Exception:  # the parser is fuzzed never to raise; if it does, still store
-        log.error("MIME parser failed, storing a minimal structure", exc_info=True)
-        structure = mime.fallback(data)
+    record = metarecord.build(metarecord.parse(data), data)
     sealed = cipher.seal(data)
-    return sealed, blobmeta.seal_meta(cipher, sealed.digest, mime.to_json(structure), data)
+    return sealed, blobmeta.seal_meta(cipher, sealed.digest, record, data)
 
 
 def _has_modseq(key: SearchKey) -> bool:

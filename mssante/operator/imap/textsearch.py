@@ -10,11 +10,13 @@ Bodies and headers are encrypted at rest, so a search runs in three steps:
    (true, false, unknown). A header key is false when the message's keyed Bloom filter
    (`store.searchfilter`) lacks the search string's trigrams, else unknown; BODY, TEXT,
    SENT* and unindexed HEADER fields are unknown. False rows are dropped, true ones kept.
-3. Exact check: the unknown rows are decrypted in batches (`BATCH_BLOBS` blobs or
-   `BATCH_BYTES` octets per SELECT, never the whole mailbox) and matched on the decoded
-   message: header values RFC 2047-decoded and case-folded (rfc/3501 §6.4.4:
-   case-insensitive substring), text parts decoded from base64/quoted-printable and their
-   charset.
+3. Exact check on the unknown rows, matched on the decoded message: header values RFC
+   2047-decoded and case-folded (rfc/3501 §6.4.4: case-insensitive substring), text parts
+   decoded from base64/quoted-printable and their charset. A search without BODY or TEXT
+   needs only headers: it reads each candidate's structure record (`operator.metarecord`,
+   which keeps the message's header; `HEADER_BATCH` records per SELECT) instead of the
+   message. Otherwise, and for records older than that, the messages are decrypted in
+   batches (`BATCH_BLOBS` blobs or `BATCH_BYTES` octets per SELECT, never the whole mailbox).
 """
 
 from __future__ import annotations
@@ -48,6 +50,7 @@ from mssante.operator.store.db import Store
 from mssante.operator.store.errors import StoreError
 
 BATCH_BLOBS: Final = 64
+HEADER_BATCH: Final = 1000
 BATCH_BYTES: Final = 32 * 1024 * 1024
 SENT_KEYS: Final = frozenset({"SENTBEFORE", "SENTON", "SENTSINCE"})
 _TEXT_FIELDS: Final = {"FROM": "from", "TO": "to", "CC": "cc", "BCC": "bcc", "SUBJECT": "subject"}
@@ -71,6 +74,19 @@ def is_sql(key: SearchKey) -> bool:
     if isinstance(key, AndKey):
         return all(is_sql(k) for k in key.keys)
     return True
+
+
+def _needs_body(key: SearchKey) -> bool:
+    """Whether the key reads more than the message's header (BODY, TEXT)."""
+    if isinstance(key, TextKey):
+        return key.field in ("BODY", "TEXT")
+    if isinstance(key, NotKey):
+        return _needs_body(key.key)
+    if isinstance(key, OrKey):
+        return _needs_body(key.left) or _needs_body(key.right)
+    if isinstance(key, AndKey):
+        return any(_needs_body(k) for k in key.keys)
+    return False
 
 
 def _needs_filter(key: SearchKey) -> bool:
@@ -97,17 +113,23 @@ class Plan:
     column_of: dict[SearchKey, int] = field(default_factory=dict)
     with_filter: bool = False
     exact: bool = True  # every key is SQL-able: the rows are the answer
+    prefiltered: bool = False  # a header key's filter test is in `where`: few rows come back
 
 
-def plan(criteria: Sequence[SearchKey], ctx: queries.SearchContext) -> Plan:
-    """UnsupportedError (from `queries.search_predicate`) for what no step can execute."""
+def plan(
+    criteria: Sequence[SearchKey],
+    ctx: queries.SearchContext,
+    cipher: BlobCipher | None = None,
+) -> Plan:
+    """UnsupportedError (from `queries.search_predicate`) for what no step can execute. With
+    the `cipher`, header keys on indexed fields are also tested against the filters in SQL."""
     result = Plan()
     for key in criteria:
         if is_sql(key):
             result.where.append(queries.search_predicate(key, ctx))
             continue
         result.exact = False
-        approx = _over(key, ctx)
+        approx = _over(key, ctx, cipher, result)
         if approx is not None:
             result.where.append(approx)
         _columns(key, ctx, result)
@@ -115,17 +137,29 @@ def plan(criteria: Sequence[SearchKey], ctx: queries.SearchContext) -> Plan:
     return result
 
 
-def _over(key: SearchKey, ctx: queries.SearchContext) -> ColumnElement[bool] | None:
+def _over(
+    key: SearchKey, ctx: queries.SearchContext, cipher: BlobCipher | None, into: Plan
+) -> ColumnElement[bool] | None:
     """A predicate true at least wherever `key` is; None when SQL can exclude nothing."""
     if is_sql(key):
         return queries.search_predicate(key, ctx)
     if isinstance(key, AndKey):
-        parts = [p for p in (_over(k, ctx) for k in key.keys) if p is not None]
+        parts = [p for p in (_over(k, ctx, cipher, into) for k in key.keys) if p is not None]
         return None if not parts else parts[0] if len(parts) == 1 else and_(*parts)
     if isinstance(key, OrKey):
-        left, right = _over(key.left, ctx), _over(key.right, ctx)
+        left, right = _over(key.left, ctx, cipher, into), _over(key.right, ctx, cipher, into)
         return None if left is None or right is None else left | right
-    return None  # a text key, or NOT of a mixed expression
+    if isinstance(key, TextKey | HeaderKey) and cipher is not None:
+        field_name, needle = key_field_needle(key)
+        if field_name in searchfilter.INDEXED_FIELDS:
+            into.prefiltered = True
+            return queries.filter_predicate(
+                {
+                    key_id: searchfilter.probe(cipher.search_key(key_id), field_name, needle)
+                    for key_id in cipher.key_ids
+                }
+            )
+    return None  # BODY, TEXT, an unindexed field, or NOT of a mixed expression
 
 
 def _columns(key: SearchKey, ctx: queries.SearchContext, into: Plan) -> None:
@@ -241,12 +275,15 @@ def _all3(values: Iterable[Maybe]) -> Maybe:
 
 
 class MessageText:
-    """A decrypted message, decoded lazily as the keys need it."""
+    """A decrypted message (or its header alone), decoded lazily as the keys need it.
+    `indexed`: the indexed fields' values already decoded (`metarecord.Record.indexed`)."""
 
-    def __init__(self, raw: bytes) -> None:
+    def __init__(self, raw: bytes, indexed: dict[str, list[str]] | None = None) -> None:
         self.raw = raw
         self._header: mime.Header | None = None
-        self._values: dict[str, list[str]] | None = None
+        self._values: dict[str, list[str]] = {}
+        if indexed is not None:
+            self._values = {n: indexed.get(n, []) for n in searchfilter.INDEXED_FIELDS}
         self._body: str | None = None
 
     @property
@@ -256,13 +293,15 @@ class MessageText:
         return self._header
 
     def values(self, field_name: str) -> list[str]:
-        """Decoded, case-folded values of every occurrence of a field (lower-case name)."""
-        if self._values is None:
-            values: dict[str, list[str]] = {}
-            for f in self.header.fields:
-                values.setdefault(f.name, []).append(searchfilter.normalise(f.value))
-            self._values = values
-        return self._values.get(field_name, [])
+        """Decoded, case-folded values of every occurrence of a field (lower-case name); only
+        the fields asked for are decoded."""
+        values = self._values.get(field_name)
+        if values is None:
+            values = [
+                searchfilter.normalise(f.value) for f in self.header.fields if f.name == field_name
+            ]
+            self._values[field_name] = values
+        return values
 
     def all_header_text(self) -> str:
         return "\n".join(f"{f.name}: {searchfilter.normalise(f.value)}" for f in self.header.fields)
@@ -370,7 +409,10 @@ async def search(
     """
     if not ctx.uids:
         return []
-    the_plan = plan(criteria, ctx)
+    the_plan = plan(criteria, ctx, store.cipher)
+    header_only = not any(_needs_body(k) for k in criteria)
+    # Few rows pass a filter test in SQL: they bring their records along, in the same SELECT.
+    with_records = header_only and the_plan.prefiltered
     async with store.read_session() as session:
         rows = await queries.search_rows(
             session,
@@ -379,6 +421,7 @@ async def search(
             the_plan.where,
             the_plan.columns,
             with_filter=the_plan.with_filter,
+            with_records=with_records,
         )
     if the_plan.exact:
         return [Found(r.uid, r.modseq) for r in rows]
@@ -393,12 +436,36 @@ async def search(
             kept[row.uid] = row
         elif verdict is None:
             unknown.append(row)
+    if header_only:
+        # Headers are enough: the structure records have them (older records do not: those
+        # messages are read whole below).
+        without_header: list[queries.SearchRow] = []
+        for start in range(0, len(unknown), HEADER_BATCH):
+            batch = unknown[start : start + HEADER_BATCH]
+            if with_records:
+                records = {r.blob_id: r.record for r in batch if r.record is not None}
+            else:
+                async with store.read_session() as session:
+                    records = await queries.sealed_structures(session, [r.blob_id for r in batch])
+            matched, missing = await asyncio.to_thread(
+                _check_headers, cipher, batch, records, criteria, the_plan
+            )
+            kept.update((row.uid, row) for row in matched)
+            without_header += missing
+        unknown = without_header
     for batch in _batches(unknown):
         async with store.read_session() as session:
             sealed = await queries.sealed_blobs(session, [r.blob_id for r in batch])
-        matched = await asyncio.to_thread(_check_batch, cipher, batch, sealed, criteria, the_plan)
-        for row in matched:
-            kept[row.uid] = row
+
+        def open_body(
+            row: queries.SearchRow, sealed: dict[int, queries.SealedBody] = sealed
+        ) -> MessageText | None:
+            body = sealed.get(row.blob_id)
+            # None: expunged since step 1
+            return None if body is None else MessageText(body.open(cipher))
+
+        matched, _ = await asyncio.to_thread(_check, batch, open_body, criteria, the_plan)
+        kept.update((row.uid, row) for row in matched)
     return [Found(uid, kept[uid].modseq) for uid in sorted(kept)]
 
 
@@ -415,21 +482,46 @@ def _batches(rows: Sequence[queries.SearchRow]) -> Iterable[list[queries.SearchR
         yield batch
 
 
-def _check_batch(
+def _check_headers(
     cipher: BlobCipher,
     batch: Sequence[queries.SearchRow],
-    sealed: dict[int, queries.SealedBody],
+    records: dict[int, queries.SealedStructure],
     criteria: Sequence[SearchKey],
     the_plan: Plan,
-) -> list[queries.SearchRow]:
-    """The rows of a batch that match exactly, decrypted one at a time (CPU only: run in a
-    worker thread; only one batch's ciphertexts and one plaintext are held at once)."""
+) -> tuple[list[queries.SearchRow], list[queries.SearchRow]]:
+    """`_check` on the headers kept in the structure records."""
+
+    def header(row: queries.SearchRow) -> MessageText | None:
+        sealed = records.get(row.blob_id)
+        if sealed is None:
+            return None
+        try:
+            record = sealed.open(cipher)
+            if record.header is None:
+                return None
+            return MessageText(record.header, record.indexed)
+        except ValueError:  # a broken record: the message itself will tell
+            return None
+
+    return _check(batch, header, criteria, the_plan)
+
+
+def _check(
+    batch: Sequence[queries.SearchRow],
+    text_of: Callable[[queries.SearchRow], MessageText | None],
+    criteria: Sequence[SearchKey],
+    the_plan: Plan,
+) -> tuple[list[queries.SearchRow], list[queries.SearchRow]]:
+    """(matching, unread): the rows of a batch that match exactly, each decrypted by `text_of`
+    one at a time, and those it gave nothing for. CPU only: run in a worker thread; only one
+    batch's ciphertexts and one plaintext are held at once."""
     matched: list[queries.SearchRow] = []
+    unread: list[queries.SearchRow] = []
     for row in batch:
-        body = sealed.get(row.blob_id)
-        if body is None:  # expunged since step 1
+        message = text_of(row)
+        if message is None:
+            unread.append(row)
             continue
-        message = MessageText(body.open(cipher))
 
         def known(key: SearchKey, row: queries.SearchRow = row) -> bool:
             # Every SQL-able subtree of a mixed key has its column; top-level SQL-able
@@ -438,4 +530,4 @@ def _check_batch(
 
         if all(matches(k, message, known) for k in criteria if not is_sql(k)):
             matched.append(row)
-    return matched
+    return matched, unread

@@ -1,11 +1,12 @@
-"""The sealed structure of a stored message (ENVELOPE, BODYSTRUCTURE, part offsets).
+"""The sealed structure record of a stored message (ENVELOPE, BODYSTRUCTURE, part offsets,
+its header).
 
 Computed once at delivery by `operator.mime` and stored next to the blob, so that IMAP FETCH
 of ENVELOPE, BODYSTRUCTURE or a body section does not parse the message again. The plaintext
 names the subject and the addresses: it is sealed like the body, and bound to the digest of
 its blob, so a row moved to another blob does not open.
 
-The store deals in bytes (the JSON); `operator.mime.from_json` turns them back into values.
+The store deals in bytes (`operator.metarecord` writes and reads them).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from dataclasses import dataclass
 from sqlalchemy import insert, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from mssante.operator import metarecord
 from mssante.operator.store import _sql, searchfilter
 from mssante.operator.store.crypto import BlobCipher, SealedRecord
 from mssante.operator.store.errors import NotFound
@@ -137,7 +139,8 @@ async def rekey_meta(
     """Re-seal a blob's structure under the current key for its new digest (key rotation).
 
     The search filter is keyed like the structure: with the blob's plaintext `message` it is
-    rebuilt under the current key, else it is dropped (NULL: always a search candidate).
+    rebuilt under the current key, else it is dropped (NULL: always a search candidate). With
+    the `message`, a record older than `operator.metarecord`'s version 2 is rewritten as one.
 
     When the blob is merged into a twin (`new_blob_id` differs), the structure is given to
     the twin unless it has one; the old row goes with its blob (ON DELETE CASCADE).
@@ -153,6 +156,8 @@ async def rekey_meta(
         return
     key_id, nonce, ciphertext = row
     plaintext = cipher.open_record(key_id, nonce, ciphertext, context(old_digest))
+    if message is not None:
+        plaintext = metarecord.upgrade(plaintext, message)
     sealed = seal_meta(cipher, new_digest, plaintext, message)
     if new_blob_id != old_blob_id:
         await put_blob_meta(session, [(new_blob_id, sealed)])

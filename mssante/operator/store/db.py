@@ -32,7 +32,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from sqlalchemy.ext.asyncio import create_async_engine as _create_async_engine
 from sqlalchemy.pool import ConnectionPoolEntry
 
-from mssante.operator.store import _aiosqlite
+from mssante.operator.store import _aiosqlite, _sql
 from mssante.operator.store.crypto import BlobCipher
 from mssante.operator.store.errors import StoreError
 
@@ -104,6 +104,8 @@ def _sqlite_on_connect(dbapi_connection: DBAPIConnection, record: ConnectionPool
         cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS:d}")
     finally:
         cursor.close()
+    # IMAP SEARCH tests its keyed filters in the query (`_sql.MaskSet`).
+    dbapi_connection.create_function(_sql.SQLITE_MASK_SET, -1, _sql.mask_set, deterministic=True)
 
 
 def _sqlite_on_begin(conn: Any) -> None:

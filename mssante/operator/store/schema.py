@@ -305,8 +305,9 @@ class BlobRow(Base):
 class BlobMetaRow(Base):
     """What IMAP needs about a stored message, computed once at delivery, sealed like the blob.
 
-    The plaintext is JSON (`operator.mime.to_json`): ENVELOPE, BODYSTRUCTURE and the offsets of
-    every part. It holds the subject and the addresses, so it is encrypted (AES-256-GCM, see
+    The plaintext (`operator.metarecord`) holds the ENVELOPE and BODYSTRUCTURE responses, the
+    message's header and the offsets of every part. It holds the subject and the addresses,
+    so it is encrypted (AES-256-GCM, see
     `crypto.BlobCipher.seal_record`), bound to its blob's digest.
     """
 

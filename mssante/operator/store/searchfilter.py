@@ -100,20 +100,28 @@ def _overflow(key: bytes, field: str) -> int:
     return _bits(key, f"{field}\x01", OVERFLOW_HASHES)
 
 
+def indexed_values(header: mime.Header) -> dict[str, list[str]]:
+    """The indexed fields of a header section as searched (`normalise`d), by lower-case name,
+    each with its values in order of appearance."""
+    values: dict[str, list[str]] = {}
+    for field in header.fields:
+        if field.name in INDEXED_FIELDS:
+            values.setdefault(field.name, []).append(normalise(field.value))
+    return values
+
+
 def build(key: bytes, header: mime.Header) -> bytes:
     """The filter of a message's header section (`mime.split_header` of the whole message)."""
     value = 0
     seen: set[str] = set()
-    for field in header.fields:
-        if field.name not in INDEXED_FIELDS:
-            continue
-        text = normalise(field.value)
-        if len(text) > MAX_FIELD_CHARS:
-            value |= _overflow(key, field.name)
-        for entry in _entries(field.name, text):
-            if entry not in seen:
-                seen.add(entry)
-                value |= _bits(key, entry)
+    for name, texts in indexed_values(header).items():
+        for text in texts:
+            if len(text) > MAX_FIELD_CHARS:
+                value |= _overflow(key, name)
+            for entry in _entries(name, text):
+                if entry not in seen:
+                    seen.add(entry)
+                    value |= _bits(key, entry)
     return value.to_bytes(FILTER_BYTES, "big")
 
 

@@ -14,7 +14,7 @@ import string
 from pathlib import Path
 
 import pytest
-from sqlalchemy import select, update
+from sqlalchemy import delete, select, update
 from test_imap_server import (  # the shared server fixture and helpers
     PASSWORD,
     USER,
@@ -27,8 +27,8 @@ from mssante.operator import mime
 from mssante.operator.delivery import Delivery, InboundEnvelope, Recipient, SessionInfo
 from mssante.operator.imap import textsearch
 from mssante.operator.imap.commands import DateKey, HeaderKey, TextKey
-from mssante.operator.store import searchfilter
-from mssante.operator.store.schema import BlobMetaRow
+from mssante.operator.store import blobmeta, searchfilter
+from mssante.operator.store.schema import BlobMetaRow, BlobRow, MessageRow
 
 PDF_SECRET = base64.b64encode(b"%PDF-1.4 examen-confidentiel").decode()
 
@@ -386,6 +386,59 @@ async def test_rows_without_filter_are_still_found(imap: Imap) -> None:  # noqa:
         async_rows = _search(client, "FROM", "jerome")
         assert async_rows == [1]
         assert _search(client, "NOT", "FROM", "jerome") == [2, 3]
+        client.logout()
+
+    await _in_thread(scenario)
+
+
+async def test_header_search_reads_the_records_and_falls_back_to_messages(
+    imap: Imap,  # noqa: F811
+) -> None:
+    """Header keys are checked on the header kept in each structure record; a record written
+    before records kept it (version 1), or no record at all, sends the search to the message."""
+    await _deliver(imap, DELIVERED)
+
+    def setup() -> None:
+        client = _login(imap)
+        _setup(client)
+        client.logout()
+
+    await _in_thread(setup)
+    store = imap.running.store
+    async with store.session() as session:
+        rows = (
+            await session.execute(
+                select(MessageRow.blob_id, BlobRow.digest)
+                .join(BlobRow, BlobRow.id == MessageRow.blob_id)
+                .order_by(MessageRow.uid)
+            )
+        ).all()
+        (first, _), (second, second_digest), (third, _) = rows
+        # 1: its message made unreadable; header searches must not need it.
+        await session.execute(
+            update(BlobRow).where(BlobRow.id == first).values(ciphertext=b"\x00" * 64)
+        )
+        # 2: a version 1 record (structure JSON only).
+        old = blobmeta.seal_meta(store.cipher, second_digest, mime.to_json(mime.parse(APPENDED)))
+        await session.execute(
+            update(BlobMetaRow)
+            .where(BlobMetaRow.blob_id == second)
+            .values(key_id=old.key_id, nonce=old.nonce, ciphertext=old.ciphertext)
+        )
+        # 3: no record at all.
+        await session.execute(delete(BlobMetaRow).where(BlobMetaRow.blob_id == third))
+        await session.commit()
+
+    def scenario() -> None:
+        client = _login(imap)
+        assert client.select("INBOX")[0] == "OK"
+        assert _search(client, "FROM", "jerome") == [1]
+        assert _search(client, "SENTON", "3-Nov-2025") == [1]
+        assert _search(client, "HEADER", "X-Priorite", "urgente") == [1]
+        assert _search(client, "FROM", "dr.pair") == [2]
+        assert _search(client, "FROM", "agenda") == [3]
+        assert _search(client, "TO", "jean.martin") == [1, 2, 3]
+        assert _search(client, "NOT", "SUBJECT", "rendu") == [1, 3]
         client.logout()
 
     await _in_thread(scenario)
