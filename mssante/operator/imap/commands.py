@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime as dt
 import enum
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from mssante.operator.imap.sequence import SequenceSet
@@ -208,6 +209,18 @@ SearchKey = (
     | OrKey
     | AndKey
 )
+
+
+def any_leaf(key: SearchKey, test: Callable[[SearchKey], bool]) -> bool:
+    """Whether `test` holds for some leaf of the expression (a key other than NOT, OR and a
+    parenthesised list), whatever the logic around it."""
+    if isinstance(key, NotKey):
+        return any_leaf(key.key, test)
+    if isinstance(key, OrKey):
+        return any_leaf(key.left, test) or any_leaf(key.right, test)
+    if isinstance(key, AndKey):
+        return any(any_leaf(k, test) for k in key.keys)
+    return test(key)
 
 
 class StoreAction(enum.Enum):

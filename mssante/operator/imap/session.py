@@ -45,7 +45,6 @@ from mssante.operator.imap import (
 from mssante.operator.imap import fetch as fetch_items
 from mssante.operator.imap.binary import UnknownEncodingError
 from mssante.operator.imap.commands import (
-    AndKey,
     Append,
     Authenticate,
     Capability,
@@ -71,8 +70,6 @@ from mssante.operator.imap.commands import (
     Move,
     Namespace,
     Noop,
-    NotKey,
-    OrKey,
     Rename,
     Search,
     SearchKey,
@@ -85,6 +82,7 @@ from mssante.operator.imap.commands import (
     Subscribe,
     Unselect,
     Unsubscribe,
+    any_leaf,
 )
 from mssante.operator.imap.limits import DEFAULT_LIMITS, Limit
 from mssante.operator.imap.reader import (
@@ -260,15 +258,7 @@ def seal_message(cipher: BlobCipher, data: bytes) -> tuple[SealedBlob, SealedRec
 
 def _has_modseq(key: SearchKey) -> bool:
     """Whether a search key uses MODSEQ anywhere (rfc/7162 §3.1.5)."""
-    if isinstance(key, ModSeqKey):
-        return True
-    if isinstance(key, NotKey):
-        return _has_modseq(key.key)
-    if isinstance(key, OrKey):
-        return _has_modseq(key.left) or _has_modseq(key.right)
-    if isinstance(key, AndKey):
-        return any(_has_modseq(k) for k in key.keys)
-    return False
+    return any_leaf(key, lambda leaf: isinstance(leaf, ModSeqKey))
 
 
 def _merged(runs: Iterable[tuple[int, int]]) -> list[tuple[int, int]]:

@@ -43,6 +43,7 @@ from mssante.operator.imap.commands import (
     OrKey,
     SearchKey,
     TextKey,
+    any_leaf,
 )
 from mssante.operator.store import searchfilter
 from mssante.operator.store.crypto import BlobCipher
@@ -76,31 +77,26 @@ def is_sql(key: SearchKey) -> bool:
     return True
 
 
+def _reads_body(key: SearchKey) -> bool:
+    """A leaf reading more than the message's header (BODY, TEXT)."""
+    return isinstance(key, TextKey) and key.field in ("BODY", "TEXT")
+
+
 def _needs_body(key: SearchKey) -> bool:
-    """Whether the key reads more than the message's header (BODY, TEXT)."""
-    if isinstance(key, TextKey):
-        return key.field in ("BODY", "TEXT")
-    if isinstance(key, NotKey):
-        return _needs_body(key.key)
-    if isinstance(key, OrKey):
-        return _needs_body(key.left) or _needs_body(key.right)
-    if isinstance(key, AndKey):
-        return any(_needs_body(k) for k in key.keys)
-    return False
+    return any_leaf(key, _reads_body)
 
 
-def _needs_filter(key: SearchKey) -> bool:
+def _indexed(key: SearchKey) -> bool:
+    """A leaf on a header field the filters index."""
     if isinstance(key, TextKey):
         return key.field in _TEXT_FIELDS
     if isinstance(key, HeaderKey):
         return key.name.lower() in searchfilter.INDEXED_FIELDS
-    if isinstance(key, NotKey):
-        return _needs_filter(key.key)
-    if isinstance(key, OrKey):
-        return _needs_filter(key.left) or _needs_filter(key.right)
-    if isinstance(key, AndKey):
-        return any(_needs_filter(k) for k in key.keys)
     return False
+
+
+def _needs_filter(key: SearchKey) -> bool:
+    return any_leaf(key, _indexed)
 
 
 @dataclass
