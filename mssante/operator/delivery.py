@@ -14,19 +14,10 @@ One path, used by the relay listener (and later by submission for local recipien
    (RFC 5321 §6.1: from then on the message is ours to keep). A storage failure gives 451 4.3.0
    and leaves nothing half-stored.
 
-Group commit is what makes durability affordable: with SQLite every commit costs an fsync
-(`synchronous=FULL`), ~5 ms here, so one commit per message caps the relay near 200 messages
-a second; one commit for every message that arrived meanwhile does not. A batch whose
-transaction fails is retried one delivery at a time, so one bad delivery cannot fail the
+Group commit (`operator.groupcommit`, shared with IMAP APPEND) is what makes durability
+affordable: one transaction, and one fsync, for every delivery that arrived meanwhile. A batch
+whose transaction fails is retried one delivery at a time, so one bad delivery cannot fail the
 others; when the database does not answer at all, the rest are refused at once.
-
-A transaction costs about as much for one delivery as for ten (statements, round trips to the
-database), so the committer lingers a moment before starting one: until as many deliveries
-are queued as were in flight when the last one ended, and at most `BATCH_LINGER_SECONDS`.
-With a few busy peer connections, those whose messages were just acknowledged are sending
-the next ones; waiting for them makes one transaction of two, which serves every message
-sooner and costs less CPU. A lone sender is never kept waiting: it is all that was in flight.
-Nothing is acknowledged before its commit, lingering or not.
 
 Recipient lookups are cached for `CACHE_TTL_SECONDS` (2 s), successful ones only: a mailbox
 created a moment ago is found at once, a mailbox disabled is refused at most 2 s later.
@@ -35,7 +26,6 @@ created a moment ago is found at once, a mailbox disabled is refused at most 2 s
 from __future__ import annotations
 
 import asyncio
-import collections
 import functools
 import ipaddress
 import logging
@@ -61,6 +51,7 @@ from mssante.operator.errors import (
     too_big,
     unknown_user,
 )
+from mssante.operator.groupcommit import GroupCommitter
 from mssante.operator.store import audit, blobmeta, blobs, domains, dsn, mailboxes, messages
 from mssante.operator.store.crypto import BlobCipher, SealedBlob, SealedRecord
 from mssante.operator.store.db import Store
@@ -302,16 +293,6 @@ class _Prepared:
     received_at: datetime
 
 
-@dataclass(frozen=True)
-class _Pending:
-    prepared: _Prepared
-    future: asyncio.Future[DeliveryReport]
-
-
-class _Unavailable(Exception):  # noqa: N818 - internal signal, never leaves this module
-    """The database could not even be reached: later deliveries need not try."""
-
-
 async def _store_batch(session: AsyncSession, items: Sequence[_Prepared]) -> list[DeliveryReport]:
     """Write prepared deliveries in the caller's transaction; reports in the same order."""
     stored_blobs = await blobs.put_sealed_blobs(session, [(p.blob, p.size) for p in items])
@@ -406,35 +387,32 @@ class Delivery:
         self._settings = settings
         self._hostname = settings.operator.hostname
         self._dkim = DkimVerifier(settings.dkim) if settings.dkim.verify else None
-        self._pending: collections.deque[_Pending] = collections.deque()
-        self._wake = asyncio.Event()
-        self._in_flight = 0  # deliveries committed or queued when the last transaction ended
-        self._task: asyncio.Task[None] | None = None
-        self._closing = False
         self._cache: dict[str, tuple[float, DeliveryTarget]] = {}
-        self._commits = 0
-        self._deliveries = 0
-        self._split = 0
-        self._failures = 0
+        self._committer: GroupCommitter[_Prepared, DeliveryReport] = GroupCommitter(
+            store,
+            _store_batch,
+            name="delivery-committer",
+            size=lambda p: p.size,
+            failure=temporary_failure,
+            committed=self._account,
+            failed=FAILURES.inc,
+            max_items=BATCH_MAX_MESSAGES,
+            max_bytes=BATCH_MAX_BYTES,
+            linger_seconds=BATCH_LINGER_SECONDS,
+        )
 
     @property
     def stats(self) -> DeliveryStats:
-        return DeliveryStats(self._commits, self._deliveries, self._split, self._failures)
+        s = self._committer.stats
+        return DeliveryStats(s.commits, s.items, s.split, s.failures)
 
     async def start(self) -> None:
         """Start the committer task (`deliver` also starts it if needed)."""
-        if self._closing:
-            raise RuntimeError("this Delivery is closed")
-        if self._task is None:
-            self._task = asyncio.create_task(self._run(), name="delivery-committer")
-            self._task.add_done_callback(self._committer_ended)
+        await self._committer.start()
 
     async def close(self) -> None:
         """Refuse new deliveries, commit those already queued, then stop."""
-        self._closing = True
-        self._wake.set()
-        if self._task is not None:
-            await asyncio.shield(self._task)
+        await self._committer.close()
 
     # --- RCPT ---------------------------------------------------------------------------------
 
@@ -491,7 +469,7 @@ class Delivery:
         """`data` is the message as received (CRLF lines, dot-unstuffed). Returns only once
         the delivery is committed durably (then the caller sends 250). MailError(451 4.3.0)
         on a database failure (nothing half-stored), MailError for anything else refused."""
-        if self._closing:
+        if self._committer.closing:
             raise temporary_failure("shutting_down")
         _check_envelope(envelope)
         limit = self._settings.storage.max_message_size
@@ -509,14 +487,9 @@ class Delivery:
                 seen.add(target.mailbox_id)
                 targets.append((recipient, target))
         prepared = await self._prepare(envelope, data, session, tuple(targets))
-        if self._closing:  # close() was called while this one was being prepared
+        if self._committer.closing:  # close() was called while this one was being prepared
             raise temporary_failure("shutting_down")
-        if self._task is None:
-            await self.start()
-        future: asyncio.Future[DeliveryReport] = asyncio.get_running_loop().create_future()
-        self._pending.append(_Pending(prepared, future))
-        self._wake.set()
-        return await future
+        return await self._committer.submit(prepared)
 
     async def _prepare(
         self,
@@ -552,107 +525,10 @@ class Delivery:
             received_at=received_at,
         )
 
-    async def _run(self) -> None:
-        while True:
-            if not self._pending:
-                if self._closing:
-                    return
-                self._wake.clear()
-                await self._wake.wait()
-                continue
-            await self._linger()
-            batch = self._take()
-            if batch:
-                try:
-                    await self._commit(batch)
-                except Exception:  # a bug here must not leave callers waiting forever
-                    log.exception("delivery committer failed")
-                    self._fail(batch)
-            self._in_flight = len(batch) + len(self._pending)
-
-    async def _linger(self) -> None:
-        """Wait, at most `BATCH_LINGER_SECONDS`, until as many deliveries are queued as were
-        in flight when the last transaction ended (see the module docstring)."""
-        target = min(self._in_flight, BATCH_MAX_MESSAGES)
-        if len(self._pending) >= target or self._closing:
-            return
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + BATCH_LINGER_SECONDS
-        while len(self._pending) < target and not self._closing:
-            self._wake.clear()
-            try:
-                async with asyncio.timeout_at(deadline):
-                    await self._wake.wait()
-            except TimeoutError:
-                return
-
-    def _take(self) -> list[_Pending]:
-        batch: list[_Pending] = []
-        size = 0
-        while self._pending and len(batch) < BATCH_MAX_MESSAGES:
-            item = self._pending[0]
-            if batch and size + item.prepared.size > BATCH_MAX_BYTES:
-                break
-            self._pending.popleft()
-            if item.future.cancelled():
-                # The client went away before its 250: storing now would make its retry a
-                # duplicate. Not yet committed, so dropping it loses nothing.
-                continue
-            batch.append(item)
-            size += item.prepared.size
-        return batch
-
-    async def _commit(self, batch: list[_Pending]) -> None:
-        try:
-            await self._write(batch)
-        except Exception:
-            # Deliveries already resolved were committed (the failure came after the commit,
-            # closing the session): retrying them would store them twice.
-            batch = [item for item in batch if not item.future.done()]
-            if not batch:
-                log.warning("error after a group commit", exc_info=True)
-                return
-            if len(batch) == 1:
-                log.warning("delivery not stored", exc_info=True)
-                self._fail(batch)
-                return
-            self._split += 1
-            log.warning(
-                "group commit failed, retrying deliveries one by one",
-                exc_info=True,
-                extra={"deliveries": len(batch)},
-            )
-            for index, item in enumerate(batch):
-                try:
-                    await self._write([item])
-                except _Unavailable:
-                    log.warning("database unavailable", extra={"refused": len(batch) - index})
-                    self._fail(batch[index:])
-                    return
-                except Exception:
-                    log.warning("delivery not stored", exc_info=True)
-                    self._fail([item])
-            return
-
-    async def _write(self, batch: list[_Pending]) -> None:
-        """Store and commit the batch, then resolve its deliveries (before the session is
-        closed: handing the connection back to the pool is one more database round trip)."""
-        items = [item.prepared for item in batch]
-        async with self._store.session() as session:
-            try:
-                await session.connection()  # connects and begins (BEGIN IMMEDIATE on SQLite)
-            except Exception as exc:
-                raise _Unavailable() from exc
-            reports = await _store_batch(session, items)
-            await session.commit()
-            self._commits += 1
-            COMMITS.inc()
-            BATCH_SIZE.observe(len(items))
-            self._account(items)
-            self._resolve(batch, reports)
-
-    def _account(self, items: Sequence[_Prepared]) -> None:
-        """Keep cached quota counters close to the truth after a commit."""
+    def _account(self, items: Sequence[_Prepared], reports: Sequence[DeliveryReport]) -> None:
+        """After a commit: metrics, and cached quota counters kept close to the truth."""
+        COMMITS.inc()
+        BATCH_SIZE.observe(len(items))
         for p in items:
             for _, target in p.targets:
                 DELIVERED.inc()
@@ -663,28 +539,6 @@ class Delivery:
                         expires,
                         replace(entry, used_bytes=entry.used_bytes + p.size),
                     )
-
-    def _resolve(self, batch: Sequence[_Pending], reports: Sequence[DeliveryReport]) -> None:
-        for item, report in zip(batch, reports, strict=True):
-            self._deliveries += 1
-            if not item.future.done():
-                item.future.set_result(report)
-
-    def _fail(self, batch: Sequence[_Pending]) -> None:
-        for item in batch:
-            self._failures += 1
-            FAILURES.inc()
-            if not item.future.done():
-                item.future.set_exception(temporary_failure())
-
-    def _committer_ended(self, task: asyncio.Task[None]) -> None:
-        # Normally only after close() drained the queue; if the task died, nobody may wait.
-        if not task.cancelled() and task.exception() is not None:
-            log.error("delivery committer stopped", exc_info=task.exception())
-        pending = list(self._pending)
-        self._pending.clear()
-        self._fail(pending)
-        self._closing = True
 
 
 def _check_envelope(envelope: InboundEnvelope) -> None:
