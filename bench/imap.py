@@ -11,7 +11,8 @@ asyncio client over implicit TLS:
 - `UID FETCH n BODY.PEEK[]` of random messages, one after the other: msg/s and MB/s;
 - `SEARCH` on a header, on flags and on body text (a `NO` answer is reported as
   unsupported);
-- APPEND rate, sequential and over several connections;
+- APPEND rate: one at a time, pipelined (LITERAL+) on one connection, and over several
+  connections;
 - the server's RSS per idle connection: C connections logged in, INBOX selected, IDLE.
 
     .venv/bin/python bench/imap.py --db sqlite
@@ -59,6 +60,7 @@ FIXTURES = ROOT / "tls-fixtures"
 MSSANTE = str(Path(sys.executable).with_name("mssante"))
 DOMAIN = "bench.mssante.test"
 WARM_UP_CONNECTIONS = 64
+PIPELINE = 16  # APPENDs in flight in the pipelined measure
 USER = f"lecteur@{DOMAIN}"
 PASSWORD = "bench-password-1234"
 
@@ -278,6 +280,24 @@ class Client:
         if not line.startswith(tag + b" OK"):
             raise RuntimeError(f"APPEND refused: {line!r}")
 
+    async def append_many(self, folder: str, datas: list[bytes]) -> None:
+        """APPENDs sent at once with LITERAL+ (rfc/7888), then their answers awaited."""
+        tags = []
+        for data in datas:
+            self.tags += 1
+            tag = b"b%d" % self.tags
+            tags.append(tag)
+            self.writer.write(tag + f' APPEND "{folder}" {{{len(data)}+}}\r\n'.encode())
+            self.writer.write(data + b"\r\n")
+        waiting = set(tags)
+        while waiting:
+            line = await self.line()
+            tag = line.split(b" ", 1)[0]
+            if tag in waiting:
+                if not line.startswith(tag + b" OK"):
+                    raise RuntimeError(f"APPEND refused: {line!r}")
+                waiting.discard(tag)
+
     def close(self) -> None:
         self.writer.close()
 
@@ -352,6 +372,15 @@ async def measure(port: int, pid: int, args: argparse.Namespace, count: int) -> 
         await client.append("Bench", data)
     elapsed = time.perf_counter() - began
     out.append(f"APPEND sequential: {args.appends / elapsed:.0f} msg/s ({len(data)} B)")
+
+    # Pipelined as mbsync does: PIPELINE APPENDs with LITERAL+ in flight, the next group sent
+    # once the previous one is answered.
+    began = time.perf_counter()
+    for _ in range(0, args.appends, PIPELINE):
+        await client.append_many("Bench", [data] * PIPELINE)
+    elapsed = time.perf_counter() - began
+    sent = (args.appends + PIPELINE - 1) // PIPELINE * PIPELINE
+    out.append(f"APPEND pipelined ({PIPELINE} in flight, 1 connection): {sent / elapsed:.0f} msg/s")
     client.close()
 
     writers = [await Client.open(port, context) for _ in range(args.append_connections)]

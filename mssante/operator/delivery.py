@@ -295,15 +295,7 @@ class _Prepared:
 
 async def _store_batch(session: AsyncSession, items: Sequence[_Prepared]) -> list[DeliveryReport]:
     """Write prepared deliveries in the caller's transaction; reports in the same order."""
-    stored_blobs = await blobs.put_sealed_blobs(session, [(p.blob, p.size) for p in items])
-    ids = stored_blobs.ids
-    new_metas: dict[int, SealedRecord] = {}
-    old_metas: dict[int, SealedRecord] = {}  # content stored before: it may have one already
-    for p in items:
-        metas = new_metas if p.blob.digest in stored_blobs.created else old_metas
-        metas.setdefault(ids[p.blob.digest], p.meta)
-    await blobmeta.add_new_blob_meta(session, list(new_metas.items()))
-    await blobmeta.put_blob_meta(session, list(old_metas.items()))
+    ids = await blobs.put_sealed_with_meta(session, [(p.blob, p.size, p.meta) for p in items])
     stored = await messages.append_messages(
         session,
         [

@@ -12,7 +12,7 @@ import secrets
 from mssante.config import ImapSettings, Settings
 from mssante.logs import bind_session, event, new_session_id
 from mssante.operator.auditlog import AuditRecord, AuditSink
-from mssante.operator.imap import responses
+from mssante.operator.imap import appender, responses
 from mssante.operator.imap.auth import LoginThrottle
 from mssante.operator.imap.limits import DEFAULT_LIMITS, Limits
 from mssante.operator.imap.notify import FolderWatcher
@@ -45,6 +45,8 @@ class ImapServer:
         config = settings.imap
         # IDLE wake-ups for every session of this process (notify.py).
         self.watcher = FolderWatcher(store, float(config.idle_poll_seconds))
+        # APPENDs of every session of this process share transactions (appender.py).
+        self.appender = appender.committer(store, settings.storage.default_quota_bytes)
         self.idle_timeout = float(idle_timeout or config.idle_timeout_seconds)
         self.unauthenticated_timeout = float(config.unauthenticated_timeout_seconds)
         self.pki = pki
@@ -158,6 +160,7 @@ class ImapServer:
 
         await self.dummy_hash()
         await self.watcher.start()
+        await self.appender.start()
         listeners: dict[str, str] = {}
 
         async def plain(host: str, port: int) -> asyncio.Server:
@@ -205,4 +208,5 @@ class ImapServer:
                     open_session.abort()
             if late:
                 await asyncio.wait(late, timeout=SHUTDOWN_SECONDS)
+        await self.appender.close()
         await self.watcher.close()

@@ -33,6 +33,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from mssante.logs import event
 from mssante.operator import metarecord
 from mssante.operator.imap import (
+    appender,
     auth,
     external,
     queries,
@@ -96,7 +97,7 @@ from mssante.operator.imap.reader import (
 )
 from mssante.operator.imap.sequence import SequenceSet, compress
 from mssante.operator.passwords import verify_async
-from mssante.operator.store import blobmeta, blobs
+from mssante.operator.store import blobmeta
 from mssante.operator.store import folders as store_folders
 from mssante.operator.store import messages as store_messages
 from mssante.operator.store import seen as store_seen
@@ -254,6 +255,11 @@ def seal_message(cipher: BlobCipher, data: bytes) -> tuple[SealedBlob, SealedRec
     record = metarecord.build(metarecord.parse(data), data)
     sealed = cipher.seal(data)
     return sealed, blobmeta.seal_meta(cipher, sealed.digest, record, data)
+
+
+def _unavailable(tag: str) -> bytes:
+    # rfc/5530 §3: the database failed; nothing of the command was stored.
+    return responses.tagged(tag, "NO", "temporary failure", responses.UNAVAILABLE)
 
 
 def _has_modseq(key: SearchKey) -> bool:
@@ -436,6 +442,14 @@ class ImapSession:
             else:
                 await self._stop_idle()
                 await self._send(responses.tagged(ev.tag, "OK", "IDLE terminated"))
+        elif isinstance(ev, Append) and self.account is not None:
+            # APPENDs already read behind this one are stored with it (appender.py).
+            group = [ev]
+            while self._queue and isinstance(self._queue[0], Append):
+                appended = self._queue.popleft()
+                assert isinstance(appended, Append)
+                group.append(appended)
+            await self._appends(group)
         else:
             try:
                 await self._command(ev)
@@ -542,7 +556,7 @@ class ImapSession:
         elif isinstance(cmd, Subscribe | Unsubscribe):
             await self._subscribe(cmd)
         elif isinstance(cmd, Append):
-            await self._append(cmd)
+            await self._appends([cmd])
         elif isinstance(cmd, Idle):
             await self._idle(cmd)
         elif isinstance(cmd, GetQuotaRoot):
@@ -1746,73 +1760,86 @@ class ImapSession:
         # rfc/5530 §3: OVERQUOTA.
         await self._send(responses.tagged(tag, "NO", "over quota", responses.OVERQUOTA))
 
-    async def _append(self, cmd: Append) -> None:
-        """rfc/3501 §6.3.11, rfc/3502 (several messages, all or none), rfc/4315 APPENDUID."""
+    async def _appends(self, cmds: Sequence[Append]) -> None:
+        """APPEND: rfc/3501 §6.3.11, rfc/3502 (several messages, all or none), rfc/4315
+        APPENDUID. `cmds` are APPENDs read together (a client pipelining them with LITERAL+):
+        each is checked and sealed in turn, then all are submitted to the process's committer
+        together (`appender.py`), so they share one transaction, as if run one after the
+        other (in order: UIDs and quota), and are answered in order once it has committed."""
+        answers: list[list[bytes]] = [[] for _ in cmds]
+        ready: list[tuple[int, Append, store_folders.Folder]] = []
+        requests: list[appender.Request] = []
+        for index, cmd in enumerate(cmds):
+            try:
+                prepared = await self._prepare_append(cmd)
+            except (StoreError, SQLAlchemyError):
+                log.exception("store error in an IMAP command")
+                prepared = _unavailable(cmd.tag)
+            if isinstance(prepared, bytes):
+                answers[index].append(prepared)
+            else:
+                ready.append((index, cmd, prepared[0]))
+                requests.append(prepared[1])
+        outcomes = await asyncio.gather(
+            *(self.server.appender.submit(r) for r in requests), return_exceptions=True
+        )
+        stored_into: set[int] = set()
+        for (index, cmd, folder), outcome in zip(ready, outcomes, strict=True):
+            if isinstance(outcome, StoreError):
+                log.warning("APPEND not stored: %s", outcome)
+                answers[index].append(_unavailable(cmd.tag))
+            elif isinstance(outcome, BaseException):
+                raise outcome
+            elif outcome is None:
+                # rfc/5530 §3: OVERQUOTA.
+                answers[index].append(
+                    responses.tagged(cmd.tag, "NO", "over quota", responses.OVERQUOTA)
+                )
+            else:
+                stored_into.add(folder.id)
+                code = responses.appenduid(folder.uidvalidity, list(outcome))
+                answers[index].append(responses.tagged(cmd.tag, "OK", "APPEND completed", code))
+        if self.selected is not None and self.selected.folder_id in stored_into:
+            await self._refresh()
+        await self._send(*(line for lines in answers for line in lines))
+
+    async def _prepare_append(
+        self, cmd: Append
+    ) -> tuple[store_folders.Folder, appender.Request] | bytes:
+        """The checked and sealed APPEND, or the answer refusing it."""
         located = await self._locate(cmd.mailbox, "APPEND")
         if located is None:
             # rfc/3501 §6.3.11: TRYCREATE when creating the mailbox would help.
-            await self._send(
-                responses.tagged(cmd.tag, "NO", "no such mailbox", responses.TRYCREATE)
-            )
-            return
+            return responses.tagged(cmd.tag, "NO", "no such mailbox", responses.TRYCREATE)
         folder = located.folder
         if located.access is not None and not await self._shared_write(
             cmd.tag, located.access, shared.Write.APPEND, located.name
         ):
-            return
+            return b""  # refused, and answered, by _shared_write
         if any(not m.data for m in cmd.messages):
-            await self._bad(cmd.tag, "empty message")
-            return
+            return responses.tagged(cmd.tag, "BAD", "empty message")
         flag_lists = [tuple(f for f in m.flags if f.lower() != "\\recent") for m in cmd.messages]
         try:
             for flags in flag_lists:
                 store_messages.parse_flags(flags)
         except ValueError as exc:
-            await self._bad(
-                cmd.tag, f"invalid flag: {exc}"[:200].replace("\r", " ").replace("\n", " ")
-            )
-            return
-        store = self.server.store
-        cipher = store.cipher
+            text = f"invalid flag: {exc}"[:200].replace("\r", " ").replace("\n", " ")
+            return responses.tagged(cmd.tag, "BAD", text)
+        cipher = self.server.store.cipher
         datas = [m.data for m in cmd.messages]
         sealed = await asyncio.to_thread(lambda: [seal_message(cipher, d) for d in datas])
         now = utcnow()
-        async with store.session() as session:
-            if await self._over_quota(session, sum(len(d) for d in datas), folder.mailbox_id):
-                await self._overquota(cmd.tag)
-                return
-            stored_blobs = await blobs.put_sealed_blobs(
-                session, [(blob, len(d)) for (blob, _), d in zip(sealed, datas, strict=True)]
-            )
-            ids = stored_blobs.ids
-            new_metas: dict[int, SealedRecord] = {}
-            old_metas: dict[int, SealedRecord] = {}
-            for blob, meta in sealed:
-                metas = new_metas if blob.digest in stored_blobs.created else old_metas
-                metas.setdefault(ids[blob.digest], meta)
-            await blobmeta.add_new_blob_meta(session, list(new_metas.items()))
-            await blobmeta.put_blob_meta(session, list(old_metas.items()))
-            stored = await store_messages.append_messages(
-                session,
-                [
-                    store_messages.NewMessage(
-                        folder_id=folder.id,
-                        blob_id=ids[blob.digest],
-                        size=len(d),
-                        internal_date=m.internal_date or now,
-                        flags=flags,
-                    )
-                    for (blob, _), d, m, flags in zip(
-                        sealed, datas, cmd.messages, flag_lists, strict=True
-                    )
-                ],
-            )
-            await folders_changed(session, [folder.id])
-            await session.commit()
-        if self.selected is not None and self.selected.folder_id == folder.id:
-            await self._refresh()
-        code = responses.appenduid(folder.uidvalidity, [m.uid for m in stored])
-        await self._send(responses.tagged(cmd.tag, "OK", "APPEND completed", code))
+        request = appender.Request(
+            folder_id=folder.id,
+            owner_id=folder.mailbox_id,
+            messages=tuple(
+                appender.NewMessage(blob, meta, len(d), m.internal_date or now, flags)
+                for (blob, meta), d, m, flags in zip(
+                    sealed, datas, cmd.messages, flag_lists, strict=True
+                )
+            ),
+        )
+        return folder, request
 
     async def _copy(self, cmd: Copy | Move) -> None:
         """COPY (rfc/3501 §6.4.7) and MOVE (rfc/6851), with COPYUID (rfc/4315 §3). The body

@@ -15,7 +15,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from mssante.operator.store import _sql, blobmeta
-from mssante.operator.store.crypto import BlobCipher, SealedBlob
+from mssante.operator.store.crypto import BlobCipher, SealedBlob, SealedRecord
 from mssante.operator.store.db import Store
 from mssante.operator.store.errors import NotFound, StoreError
 from mssante.operator.store.schema import (
@@ -128,6 +128,24 @@ async def put_sealed_blobs(
         )
         ids.update({digest: blob_id for digest, blob_id in rows.tuples()})
     return StoredBlobs(ids, frozenset(missing))
+
+
+async def put_sealed_with_meta(
+    session: AsyncSession, items: Sequence[tuple[SealedBlob, int, SealedRecord]]
+) -> dict[str, int]:
+    """`put_sealed_blobs` for (sealed blob, plaintext size, sealed structure record), storing
+    each blob's record too (a blob stored before may already have one: it is kept). Blob ids
+    by digest; the caller commits."""
+    stored = await put_sealed_blobs(session, [(blob, size) for blob, size, _ in items])
+    ids = stored.ids
+    new_metas: dict[int, SealedRecord] = {}
+    old_metas: dict[int, SealedRecord] = {}
+    for blob, _, meta in items:
+        metas = new_metas if blob.digest in stored.created else old_metas
+        metas.setdefault(ids[blob.digest], meta)
+    await blobmeta.add_new_blob_meta(session, list(new_metas.items()))
+    await blobmeta.put_blob_meta(session, list(old_metas.items()))
+    return ids
 
 
 async def get_blob(session: AsyncSession, cipher: BlobCipher, blob_id: int) -> bytes:
