@@ -80,6 +80,7 @@ log = logging.getLogger("mssante.queue")
 
 LEASE = timedelta(minutes=10)  # longer than any delivery of one claimed batch may take
 THREAD_THRESHOLD = 256 * 1024  # bytes: above this, sealing runs in a worker thread
+STORE_RETRIES = 3  # of an enqueue whose transaction hit a unique-digest race
 MAX_PATH = 320  # RFC 5321 §4.5.3.1: 64 + 1 + 255
 MAX_ENVID = 100  # RFC 3461 §4.4
 MAX_ORCPT = 500  # RFC 3461 §4.2
@@ -96,6 +97,9 @@ _ENHANCED = re.compile(r"^[245]\.\d{1,3}\.\d{1,3}$")  # RFC 3463 §2
 
 _RECIPIENTS = Base.metadata.tables["queue_recipients"]
 _ATTEMPTS = Base.metadata.tables["queue_attempts"]
+_MESSAGES = Base.metadata.tables["queue_messages"]
+# Built once (compiled once per process); ids come back in the order of the rows given.
+_INSERT_MESSAGES = _MESSAGES.insert().returning(_MESSAGES.c.id, sort_by_parameter_order=True)
 
 
 class QueueError(ValueError):
@@ -143,6 +147,16 @@ class AttemptResult:
     # The peer advertised DSN and took the parameters (RFC 3461 §4): success DSNs are then
     # its job; otherwise a NOTIFY=SUCCESS recipient is owed a "relayed" DSN by us.
     peer_took_dsn: bool = False
+
+
+@dataclass(frozen=True)
+class PreparedMessage:
+    """A message checked and sealed by `Queue.prepare`, ready for `Queue.add_many`."""
+
+    envelope: OutboundEnvelope
+    sealed: SealedBlob
+    size: int
+    recipients: tuple[tuple[OutboundRecipient, str, str], ...]  # (given, address, domain)
 
 
 # --- values out --------------------------------------------------------------------------------
@@ -452,56 +466,79 @@ class Queue:
 
     # -- enqueue --------------------------------------------------------------------------------
 
-    async def seal(self, content: bytes) -> SealedBlob:
-        """Encrypt the content with the storage key (outside any transaction)."""
+    async def prepare(self, envelope: OutboundEnvelope, content: bytes) -> PreparedMessage:
+        """Check the envelope and seal the content with the storage key, outside any
+        transaction. QueueError for an envelope that cannot be queued."""
+        checked = tuple(_check(envelope))
         cipher = self._store.cipher
         if len(content) > THREAD_THRESHOLD:
-            return await asyncio.to_thread(cipher.seal, content)
-        return cipher.seal(content)
+            sealed = await asyncio.to_thread(cipher.seal, content)
+        else:
+            sealed = cipher.seal(content)
+        return PreparedMessage(envelope, sealed, len(content), checked)
 
     async def enqueue(self, envelope: OutboundEnvelope, content: bytes) -> int:
         """Queue `content` (the message as it goes out: signed, with our trace fields) for
         every recipient; returns the queue id. Returns only once committed: the caller may
         then answer 250. QueueError for an envelope that cannot be queued."""
-        checked = _check(envelope)
-        sealed = await self.seal(content)
-        async with self._store.session() as session:
-            queue_id = await self.add(session, envelope, sealed, len(content), checked)
-            await session.commit()
+        (queue_id,) = await self.enqueue_many([(envelope, content)])
         return queue_id
 
-    async def add(
-        self,
-        session: AsyncSession,
-        envelope: OutboundEnvelope,
-        sealed: SealedBlob,
-        size: int,
-        checked: Sequence[tuple[OutboundRecipient, str, str]] | None = None,
-    ) -> int:
-        """`enqueue` in the caller's transaction (submission storing the Sent copy and the
-        queue entry together); the caller commits. `sealed` comes from `seal`."""
-        recipients = _check(envelope) if checked is None else checked
+    async def enqueue_many(self, items: Sequence[tuple[OutboundEnvelope, bytes]]) -> list[int]:
+        """`enqueue` for several messages in one transaction (all or none): for a submission
+        committer grouping what arrived meanwhile, as local delivery does (one fsync for
+        many 250s). Queue ids in the order given."""
+        prepared = [await self.prepare(envelope, content) for envelope, content in items]
+        for attempt in range(STORE_RETRIES):
+            try:
+                async with self._store.session() as session:
+                    ids = await self.add_many(session, prepared)
+                    await session.commit()
+                return ids
+            except IntegrityError:
+                # PostgreSQL: another transaction stored the same content between our lookup
+                # of its digest and our insert; the next try finds it. Anything else (an
+                # unknown submitter) fails again and is raised.
+                if attempt == STORE_RETRIES - 1:
+                    raise
+        raise AssertionError("unreachable")
+
+    async def add_many(
+        self, session: AsyncSession, prepared: Sequence[PreparedMessage]
+    ) -> list[int]:
+        """Write prepared messages in the caller's transaction (submission storing the Sent
+        copy and the queue entries together); the caller commits. Queue ids in order."""
+        if not prepared:
+            return []
         now = self.now()
-        stored = await blobs.put_sealed_blobs(session, [(sealed, size)])
-        message = QueueMessageRow(
-            blob_id=stored.ids[sealed.digest],
-            size=size,
-            envelope_from=envelope.mail_from,
-            submitter_id=envelope.submitter_id,
-            message_id=envelope.message_id,
-            ret=envelope.ret,
-            envid=envelope.envid,
-            body=envelope.body,
-            smtputf8=envelope.smtputf8,
-            created_at=now,
+        stored = await blobs.put_sealed_blobs(session, [(p.sealed, p.size) for p in prepared])
+        ids = list(
+            (
+                await session.execute(
+                    _INSERT_MESSAGES,
+                    [
+                        {
+                            "blob_id": stored.ids[p.sealed.digest],
+                            "size": p.size,
+                            "envelope_from": p.envelope.mail_from,
+                            "submitter_id": p.envelope.submitter_id,
+                            "message_id": p.envelope.message_id,
+                            "ret": p.envelope.ret,
+                            "envid": p.envelope.envid,
+                            "body": p.envelope.body,
+                            "smtputf8": p.envelope.smtputf8,
+                            "created_at": now,
+                        }
+                        for p in prepared
+                    ],
+                )
+            ).scalars()
         )
-        session.add(message)
-        await session.flush()
         await session.execute(
             _RECIPIENTS.insert(),
             [
                 {
-                    "queue_message_id": message.id,
+                    "queue_message_id": queue_id,
                     "address": address,
                     "domain": domain,
                     "orcpt": given.orcpt,
@@ -512,23 +549,29 @@ class Queue:
                     "delay_dsn_sent": False,
                     "updated_at": now,
                 }
-                for given, address, domain in recipients
+                for queue_id, p in zip(ids, prepared, strict=True)
+                for given, address, domain in p.recipients
             ],
         )
-        await audit.record(
+        await audit.record_many(
             session,
-            "queue.enqueue",
-            Outcome.OK,
-            actor=envelope.mail_from or "<>",
-            target=",".join(sorted({domain for _, _, domain in recipients})),
-            details={
-                "queue_id": message.id,
-                "recipients": len(recipients),
-                "size": size,
-                "message_id": envelope.message_id,
-            },
+            [
+                audit.Trace(
+                    event="queue.enqueue",
+                    outcome=Outcome.OK,
+                    actor=p.envelope.mail_from or "<>",
+                    target=",".join(sorted({domain for _, _, domain in p.recipients})),
+                    details={
+                        "queue_id": queue_id,
+                        "recipients": len(p.recipients),
+                        "size": p.size,
+                        "message_id": p.envelope.message_id,
+                    },
+                )
+                for queue_id, p in zip(ids, prepared, strict=True)
+            ],
         )
-        return message.id
+        return ids
 
     # -- the worker's side ----------------------------------------------------------------------
 
@@ -1199,24 +1242,31 @@ async def _drop_unreferenced(session: AsyncSession, blob_ids: Iterable[int]) -> 
 
     The delete runs in a savepoint: on PostgreSQL a delivery committing at this moment may
     have just referenced the same content (found by its digest); the foreign key then refuses
-    the delete, which only means the blob is still needed.
+    the delete, which only means a blob is still needed: they are then tried one by one.
     """
-    for blob_id in sorted(set(blob_ids)):
-        used = select(
-            or_(
-                exists().where(MessageRow.blob_id == blob_id),
-                exists().where(DsnRequestRow.blob_id == blob_id),
-                exists().where(QueueMessageRow.blob_id == blob_id),
-            )
-        )
-        if await session.scalar(used):
+    candidates = sorted(set(blob_ids))
+    for i in range(0, len(candidates), _IN_CHUNK):
+        chunk = candidates[i : i + _IN_CHUNK]
+        used: set[int] = set()
+        for column in (MessageRow.blob_id, DsnRequestRow.blob_id, QueueMessageRow.blob_id):
+            rows = await session.execute(select(column).where(column.in_(chunk)).distinct())
+            used.update(b for b in rows.scalars() if b is not None)
+        free = [blob_id for blob_id in chunk if blob_id not in used]
+        if not free:
             continue
         try:
             async with session.begin_nested():
-                await session.execute(
-                    delete(BlobRow)
-                    .where(BlobRow.id == blob_id)
-                    .execution_options(synchronize_session=False)
-                )
+                await _delete_blobs(session, free)
         except IntegrityError:
-            log.info("blob kept: referenced concurrently", extra={"blob_id": blob_id})
+            for blob_id in free:
+                try:
+                    async with session.begin_nested():
+                        await _delete_blobs(session, [blob_id])
+                except IntegrityError:
+                    log.info("blob kept: referenced concurrently", extra={"blob_id": blob_id})
+
+
+async def _delete_blobs(session: AsyncSession, blob_ids: Sequence[int]) -> None:
+    await session.execute(
+        delete(BlobRow).where(BlobRow.id.in_(blob_ids)).execution_options(synchronize_session=False)
+    )

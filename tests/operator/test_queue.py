@@ -8,6 +8,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 from sqlalchemy import func, select, text
+from sqlalchemy.exc import IntegrityError
 
 from mssante.operator.queue import (
     AttemptOutcome,
@@ -20,11 +21,11 @@ from mssante.operator.queue import (
     Selection,
 )
 from mssante.operator.retry import RetrySchedule
-from mssante.operator.store import audit
+from mssante.operator.store import audit, blobs
 from mssante.operator.store.crypto import BlobCipher
 from mssante.operator.store.db import Store
 from mssante.operator.store.errors import NotFound
-from mssante.operator.store.schema import BlobRow, QueueAttemptRow, QueueState
+from mssante.operator.store.schema import BlobRow, DsnRequestRow, QueueAttemptRow, QueueState
 
 T0 = datetime(2026, 11, 22, 8, 0, tzinfo=UTC)
 CONTENT = b"From: a@x.test\r\nSubject: t\r\n\r\nCompte rendu QUEUE-PLAINTEXT-MARKER\r\n"
@@ -121,6 +122,40 @@ async def test_enqueue_is_durable_and_encrypted(
             "size": len(CONTENT),
             "message_id": "<m1@ours.test>",
         }
+
+
+async def test_enqueue_many_is_one_transaction(queue: Queue, store: Store) -> None:
+    ids = await queue.enqueue_many(
+        [(envelope("a@x.test"), CONTENT), (envelope("b@y.test", "c@y.test"), CONTENT + b"2")]
+    )
+    assert [len((await queue.show(i)).recipients) for i in ids] == [1, 2]
+    # The second one fails in the database (no such submitting mailbox): the first goes too.
+    unknown_submitter = OutboundEnvelope(
+        "a@x.test", (OutboundRecipient("e@x.test"),), submitter_id=999_999
+    )
+    with pytest.raises(IntegrityError):
+        await queue.enqueue_many(
+            [(envelope("d@x.test"), CONTENT + b"3"), (unknown_submitter, CONTENT + b"4")]
+        )
+    assert len(await queue.list_recipients(Selection(everything=True))) == 3
+    assert await blob_count(store) == 2
+
+
+async def test_add_many_belongs_to_the_callers_transaction(queue: Queue, store: Store) -> None:
+    prepared = [
+        await queue.prepare(envelope("a@x.test"), CONTENT),
+        await queue.prepare(envelope("b@x.test"), CONTENT),  # same bytes: one blob
+    ]
+    async with store.session() as session:
+        ids = await queue.add_many(session, prepared)
+        await session.rollback()  # e.g. the Sent copy stored with them failed
+    assert len(ids) == 2 and await queue.list_recipients(Selection(everything=True)) == []
+    assert await blob_count(store) == 0
+    async with store.session() as session:
+        first, second = await queue.add_many(session, prepared)
+        await session.commit()
+    assert await queue.content(first) == await queue.content(second) == CONTENT
+    assert await blob_count(store) == 1
 
 
 @pytest.mark.parametrize(
@@ -443,6 +478,27 @@ async def test_shared_content_is_kept_until_its_last_user_is_done(
     assert await queue.content(second) == CONTENT
     await queue.record(claim.token, [result(by_address["b@y.test"], AttemptOutcome.DELIVERED)])
     assert await blob_count(store) == 0
+
+
+async def test_content_used_elsewhere_in_the_store_is_kept(queue: Queue, store: Store) -> None:
+    queue_id = await queue.enqueue(envelope("a@x.test"), CONTENT)
+    async with store.session() as session:
+        blob_id = await blobs.put_blob(session, store.cipher, CONTENT)  # the same bytes, found
+        session.add(
+            DsnRequestRow(
+                blob_id=blob_id,
+                envelope_from="x@ours.test",
+                recipient="y@ours.test",
+                state="pending",
+            )
+        )
+        await session.commit()
+    claim = await queue.claim()
+    await queue.record(claim.token, [result(claim.recipient_ids[0], AttemptOutcome.DELIVERED)])
+    assert not (await queue.show(queue_id)).content_held
+    assert await blob_count(store) == 1  # still referenced by the DSN request
+    async with store.read_session() as session:
+        assert await blobs.get_blob(session, store.cipher, blob_id) == CONTENT
 
 
 # --- administration ----------------------------------------------------------------------------
