@@ -242,6 +242,76 @@ def cmd_audit(args: argparse.Namespace) -> int:
     return _with_admin(args, body)
 
 
+_DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+QUEUE_STATES = ("queued", "in_flight", "delivered", "deferred", "failed", "expired")
+
+
+def parse_duration(text: str) -> float:
+    """`0`, `90s`, `30m`, `12h`, `7d` (a bare number is seconds) → seconds."""
+    value = text.strip().lower()
+    unit = value[-1:] if value[-1:] in _DURATION_UNITS else "s"
+    number = value[:-1] if value[-1:] in _DURATION_UNITS else value
+    if not number.isdigit():
+        raise CliError(f"duration {text!r}: expected a number with s, m, h or d, e.g. 7d")
+    return int(number) * _DURATION_UNITS[unit]
+
+
+def cmd_queue(args: argparse.Namespace) -> int:
+    from datetime import timedelta
+
+    from mssante.operator.queue import Queue, Selection
+    from mssante.operator.store.schema import QueueState
+
+    sub = args.queue_command
+    older_than = parse_duration(args.older_than) if sub == "purge-expired" else 0.0
+
+    def selection() -> Selection:
+        state = getattr(args, "state", None)
+        return Selection(
+            queue_ids=tuple(getattr(args, "ids", None) or ()),
+            state=QueueState(state) if state else None,
+            recipient=getattr(args, "recipient", None),
+            domain=getattr(args, "domain", None),
+            everything=getattr(args, "all", False),
+        )
+
+    async def body(ops: Admin) -> None:
+        queue = Queue(ops.store)
+        if sub == "list":
+            rows = await queue.list_recipients(selection(), args.limit)
+            if args.json:
+                print(json.dumps([r.as_json() for r in rows], ensure_ascii=False, indent=2))
+                return
+            for r in rows:
+                when = (
+                    r.next_attempt_at.strftime("%Y-%m-%dT%H:%M:%SZ") if r.next_attempt_at else "-"
+                )
+                reply = " ".join(
+                    str(p) for p in (r.last_code, r.last_enhanced, r.last_text) if p is not None
+                )
+                print(
+                    f"{r.queue_id:>8} {r.id:>8} {r.state.value:<9} {r.attempts:>3} {when:<20} "
+                    f"{r.address:<40} {reply}".rstrip()
+                )
+        elif sub == "show":
+            view = await queue.show(args.id)
+            print(json.dumps(view.as_json(), ensure_ascii=False, indent=2))
+        elif sub == "retry":
+            count = await queue.retry_now(selection(), ops.actor)
+            print(f"{count} recipient(s) due now")
+        elif sub == "delete":
+            removed, kept = await queue.delete(selection(), ops.actor)
+            print(
+                f"{removed} recipient(s) deleted"
+                + (f", {kept} in flight kept (retry later)" if kept else "")
+            )
+        elif sub == "purge-expired":
+            count = await queue.purge_finished(timedelta(seconds=older_than), ops.actor)
+            print(f"{count} finished message(s) purged")
+
+    return _with_admin(args, body)
+
+
 def cmd_whitelist(args: argparse.Namespace) -> int:
     from mssante.whitelist import commands
 
@@ -407,6 +477,30 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--event", help="only events of this kind, e.g. mailbox.add")
     s.set_defaults(func=cmd_audit)
 
+    s = sub.add_parser("queue", help="the outbound queue to other operators")
+    qsub = s.add_subparsers(
+        dest="queue_command", required=True, metavar="ACTION", parser_class=_Parser
+    )
+    a = qsub.add_parser("list", help="queued recipients: message, id, state, attempts, reply")
+    _queue_filters(a, QUEUE_STATES)
+    a.add_argument("--limit", type=int, default=1000, help="at most this many (default 1000)")
+    a.add_argument("--json", action="store_true", help="machine-readable output")
+    a = qsub.add_parser("show", help="a queued message, its recipients and attempts (JSON)")
+    a.add_argument("id", type=int, help="queue id of the message (first column of list)")
+    a = qsub.add_parser("retry", help="make waiting recipients (queued, deferred) due now")
+    _queue_filters(a, ("queued", "deferred"), ids=True)
+    a = qsub.add_parser("delete", help="remove recipients from the queue, without any DSN")
+    _queue_filters(a, QUEUE_STATES, ids=True)
+    a = qsub.add_parser(
+        "purge-expired", help="remove finished messages (every recipient final, no DSN owed)"
+    )
+    a.add_argument(
+        "--older-than",
+        default="0",
+        help="only those finished at least this long ago: 90s, 30m, 12h, 7d (default 0)",
+    )
+    s.set_defaults(func=cmd_queue)
+
     s = sub.add_parser("whitelist", help="the ANS whitelist of operators and domains")
     wsub = s.add_subparsers(
         dest="whitelist_command", required=True, metavar="ACTION", parser_class=_Parser
@@ -453,6 +547,17 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--reset", action="store_true", help="rebuild the demo from scratch")
     s.set_defaults(func=cmd_demo)
     return p
+
+
+def _queue_filters(
+    parser: argparse.ArgumentParser, states: Sequence[str], *, ids: bool = False
+) -> None:
+    if ids:
+        parser.add_argument("ids", nargs="*", type=int, metavar="ID", help="queue ids of messages")
+        parser.add_argument("--all", action="store_true", help="every recipient matching")
+    parser.add_argument("--state", choices=states)
+    parser.add_argument("--recipient", help="exact recipient address (any case)")
+    parser.add_argument("--domain", help="destination domain (any case)")
 
 
 def _password_options(parser: argparse.ArgumentParser) -> None:

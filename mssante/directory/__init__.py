@@ -1,1 +1,2 @@
-"""Mirror of the national MSSanté directory. Arrives with the directory issue."""
+"""Mirror of the national MSSanté directory: the table and its lookups (`mirror.py`); the LDAP
+sync and the extraction-file import arrive with the directory issue (docs/directory.md)."""

@@ -11,7 +11,7 @@ from sqlalchemy import Column, Integer, MetaData, Table, inspect, text
 from sqlalchemy.engine import Connection
 
 from mssante.operator.store.db import create_engine
-from mssante.operator.store.errors import SchemaOutdated
+from mssante.operator.store.errors import SchemaOutdated, StoreError
 from mssante.operator.store.migrate import (
     check_schema,
     current_revision,
@@ -38,6 +38,7 @@ TABLES = {
     "queue_attempts",
     "dsn_requests",
     "audit_events",
+    "directory_entries",
 }
 
 
@@ -67,8 +68,8 @@ async def _diff(url: str, metadata: MetaData) -> list[Any]:
         await engine.dispose()
 
 
-def test_head_is_the_search_revision() -> None:
-    assert head_revision() == "0004"
+def test_head_is_the_queue_and_directory_revision() -> None:
+    assert head_revision() == "0005"
 
 
 async def test_upgrade_from_empty_to_head(store_url: str) -> None:
@@ -133,3 +134,30 @@ async def test_schema_comparison_sees_differences(store_url: str) -> None:
     diff = await _diff(store_url, drifted)
     kinds = {entry[0] for entry in diff if isinstance(entry, tuple)}
     assert {"add_table", "add_column"} <= kinds
+
+
+async def test_0005_refuses_to_drop_queue_rows_written_by_hand(store_url: str) -> None:
+    # No version before 0005 wrote the queue tables; rows there were put by someone, and the
+    # rebuild must not drop them silently.
+    await upgrade(store_url, "0004")
+    engine = create_engine(store_url)
+    try:
+        async with engine.begin() as conn:
+            await conn.execute(
+                text(
+                    "INSERT INTO blobs (id, digest, key_id, nonce, ciphertext, size, created_at) "
+                    "VALUES (1, 'd', 'k', :n, :c, 1, CURRENT_TIMESTAMP)"
+                ),
+                {"n": b"\0" * 12, "c": b"x"},
+            )
+            await conn.execute(
+                text(
+                    "INSERT INTO queue_messages (id, blob_id, envelope_from, created_at) "
+                    "VALUES (1, 1, 'a@x.test', CURRENT_TIMESTAMP)"
+                )
+            )
+    finally:
+        await engine.dispose()
+    with pytest.raises(StoreError, match="queue_messages, which holds 1 row"):
+        await upgrade(store_url)
+    assert await current_revision(store_url) == "0004"

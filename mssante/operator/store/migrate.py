@@ -14,6 +14,7 @@ from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
+from alembic.util import CommandError
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -56,7 +57,8 @@ async def _migrate(url: str, action: str, revision: str) -> None:
     try:
         async with engine.begin() as conn:
             await conn.run_sync(_run_command, action, revision)
-    except SQLAlchemyError as exc:
+    except (SQLAlchemyError, CommandError) as exc:
+        # CommandError: a migration that refuses to run (it says why).
         raise StoreError(f"{action} of {mask_url(url)} to {revision} failed: {exc}") from exc
     finally:
         await engine.dispose()

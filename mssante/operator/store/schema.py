@@ -392,51 +392,86 @@ class ExpungedRow(Base):
 
 
 class QueueMessageRow(Base):
-    """A message waiting for delivery to other operators; one row per submitted message."""
+    """A message waiting for delivery to other operators; one row per submitted message.
+
+    `blob_id` is the sealed content, shared with any other copy of the same bytes (the Sent
+    folder); it becomes NULL once every recipient is final and no DSN is owed any more (the
+    queue then no longer needs the content, `operator/queue.py`).
+    """
 
     __tablename__ = "queue_messages"
     __table_args__ = (
         CheckConstraint("ret IS NULL OR " + _in("ret", DsnRet), name="ret"),
+        CheckConstraint("body IS NULL OR body IN ('7BIT', '8BITMIME')", name="body"),
         Index("ix_queue_messages_blob_id", "blob_id"),
+        Index("ix_queue_messages_created_at", "created_at"),
     )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
-    blob_id: Mapped[int] = mapped_column(BigInteger, ForeignKey("blobs.id", ondelete="RESTRICT"))
+    blob_id: Mapped[int | None] = mapped_column(
+        BigInteger, ForeignKey("blobs.id", ondelete="RESTRICT")
+    )
+    size: Mapped[int] = mapped_column(BigInteger)  # plaintext octets, kept after release
     envelope_from: Mapped[str] = mapped_column(String(320))  # '' for the null reverse-path <>
+    # The authenticated identity that submitted it (a mailbox we host), for the trace.
     submitter_id: Mapped[int | None] = mapped_column(
         BigInteger, ForeignKey("mailboxes.id", ondelete="SET NULL")
     )
     message_id: Mapped[str | None] = mapped_column(String(998))  # RFC 5322 §2.1.1 line limit
-    ret: Mapped[str | None] = mapped_column(String(4))
+    ret: Mapped[str | None] = mapped_column(String(4))  # RFC 3461 §4.3
     envid: Mapped[str | None] = mapped_column(String(100))  # RFC 3461 §4.4: at most 100 chars
+    body: Mapped[str | None] = mapped_column(String(8))  # RFC 6152 BODY=, passed on to peers
+    smtputf8: Mapped[bool] = mapped_column(Boolean, default=False)  # RFC 6531
     created_at: Mapped[datetime] = mapped_column(UtcDateTime(), default=utcnow)
 
 
+class QueueDsn(StrEnum):
+    """A delivery status notification owed for a queued recipient (RFC 3464 §2.3.3 Action)."""
+
+    FAILED = "failed"
+    DELAYED = "delayed"
+    RELAYED = "relayed"  # delivered to a peer that does not take DSN responsibility
+
+
 class QueueRecipientRow(Base):
-    """Per-recipient delivery state: each recipient is retried, bounced or expired on its own."""
+    """Per-recipient delivery state: each recipient is retried, bounced or expired on its own.
+
+    `claim_token` and `lease_until` are set while a worker holds the recipient (`in_flight`):
+    a worker that dies leaves them behind, and once the lease has passed the recipient goes
+    back to `queued` (at-least-once delivery). `dsn_owed` names the DSN still to be sent.
+    """
 
     __tablename__ = "queue_recipients"
     __table_args__ = (
         CheckConstraint(_in("state", QueueState), name="state"),
+        CheckConstraint("dsn_owed IS NULL OR " + _in("dsn_owed", QueueDsn), name="dsn_owed"),
         CheckConstraint("attempts >= 0", name="attempts"),
         Index("ix_queue_recipients_state_next_attempt_at", "state", "next_attempt_at"),
         Index("ix_queue_recipients_queue_message_id", "queue_message_id"),
+        Index("ix_queue_recipients_domain", "domain"),
+        Index("ix_queue_recipients_address", "address"),
+        Index("ix_queue_recipients_dsn_owed", "dsn_owed"),
     )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
     queue_message_id: Mapped[int] = mapped_column(
         BigInteger, ForeignKey("queue_messages.id", ondelete="CASCADE")
     )
-    address: Mapped[str] = mapped_column(String(320))
-    domain: Mapped[str] = mapped_column(String(253))
+    address: Mapped[str] = mapped_column(String(320))  # lower-cased
+    domain: Mapped[str] = mapped_column(String(253))  # lower-cased: the destination
+    orcpt: Mapped[str | None] = mapped_column(String(500))  # RFC 3461 §4.2 ORCPT, as given
+    notify: Mapped[str | None] = mapped_column(String(64))  # RFC 3461 §4.1 NOTIFY, as given
     state: Mapped[str] = mapped_column(String(10), default=QueueState.QUEUED.value)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     next_attempt_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
+    claim_token: Mapped[str | None] = mapped_column(String(32))
+    lease_until: Mapped[datetime | None] = mapped_column(UtcDateTime())
     last_code: Mapped[int | None] = mapped_column(Integer)
     last_enhanced: Mapped[str | None] = mapped_column(String(16))  # RFC 3463 x.y.z
     last_text: Mapped[str | None] = mapped_column(Text)
-    notify: Mapped[str | None] = mapped_column(String(64))  # RFC 3461 §4.1 NOTIFY, as given
-    orcpt: Mapped[str | None] = mapped_column(String(500))  # RFC 3461 §4.2 ORCPT, as given
+    remote_mta: Mapped[str | None] = mapped_column(String(253))  # RFC 3464 §2.3.5
+    delay_dsn_sent: Mapped[bool] = mapped_column(Boolean, default=False)
+    dsn_owed: Mapped[str | None] = mapped_column(String(10))
     updated_at: Mapped[datetime] = mapped_column(UtcDateTime(), default=utcnow, onupdate=utcnow)
 
 
@@ -455,6 +490,46 @@ class QueueAttemptRow(Base):
     code: Mapped[int | None] = mapped_column(Integer)
     enhanced: Mapped[str | None] = mapped_column(String(16))
     text: Mapped[str | None] = mapped_column(Text)
+
+
+class DirectoryEntryRow(Base):
+    """One mailbox of the national MSSanté directory (our mirror of it, issue 6).
+
+    Filled by the LDAP sync and the extraction-file import; read at RCPT by the submission
+    path (`directory/mirror.py`). The columns are those of the national extraction file that
+    an operator needs; all but the address and type are optional.
+    """
+
+    __tablename__ = "directory_entries"
+    __table_args__ = (
+        CheckConstraint("address = lower(address)", name="address_lowercase"),
+        CheckConstraint("mailbox_type IN ('PER', 'ORG', 'APP', 'CAB')", name="mailbox_type"),
+        Index("ix_directory_entries_national_id", "national_id"),
+        Index("ix_directory_entries_structure_id", "structure_id"),
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    address: Mapped[str] = mapped_column(String(320), unique=True)
+    mailbox_type: Mapped[str] = mapped_column(String(3))
+    national_id_type: Mapped[str | None] = mapped_column(String(8))  # "Type Identifiant PP"
+    national_id: Mapped[str | None] = mapped_column(String(32))  # 8+RPPS, 0+ADELI
+    civility: Mapped[str | None] = mapped_column(String(32))
+    family_name: Mapped[str | None] = mapped_column(String(256))
+    given_name: Mapped[str | None] = mapped_column(String(256))
+    profession_code: Mapped[str | None] = mapped_column(String(16))
+    profession_label: Mapped[str | None] = mapped_column(String(256))
+    speciality_code: Mapped[str | None] = mapped_column(String(16))
+    speciality_label: Mapped[str | None] = mapped_column(String(256))
+    structure_id_type: Mapped[str | None] = mapped_column(String(8))
+    structure_id: Mapped[str | None] = mapped_column(String(32))  # 1+FINESS, 3+SIRET
+    structure_name: Mapped[str | None] = mapped_column(String(512))
+    service: Mapped[str | None] = mapped_column(String(512))
+    postal_code: Mapped[str | None] = mapped_column(String(16))
+    city: Mapped[str | None] = mapped_column(String(256))
+    # Hidden from searches, still found by exact address (issue 6 §3).
+    liste_rouge: Mapped[bool] = mapped_column(Boolean, default=False)
+    source: Mapped[str | None] = mapped_column(String(16))  # "ldap", "file", "test"…
+    updated_at: Mapped[datetime] = mapped_column(UtcDateTime(), default=utcnow, onupdate=utcnow)
 
 
 class DsnRequestRow(Base):
