@@ -3,6 +3,7 @@ and rebuilt under the new key by `db rekey` (SQLite and PostgreSQL)."""
 
 from __future__ import annotations
 
+import hashlib
 import random
 
 from sqlalchemy import select, update
@@ -107,3 +108,15 @@ async def test_filter_test_in_sql_agrees_with_python(store: Store) -> None:
     assert _sql.mask_set(None, b"\x01") is None
     assert _sql.mask_set(b"\x03", b"\x04", b"\x02") == 1
     assert _sql.mask_set(b"\x03", b"\x04") == 0
+
+
+def test_entry_bits_are_the_keyed_blake2b_of_the_entry() -> None:
+    """Filters stored earlier stay valid: an entry's bits come from BLAKE2b-128 keyed with the
+    search key over the UTF-8 entry, whatever the hashing code's shape."""
+    key = bytes(range(32))
+    entry = "subject:bil"
+    word = int.from_bytes(hashlib.blake2b(entry.encode(), key=key, digest_size=16).digest(), "big")
+    expected = 0
+    for i in range(searchfilter.HASHES):
+        expected |= 1 << ((word >> (i * 11)) % searchfilter.FILTER_BITS)
+    assert searchfilter._bits(searchfilter._hasher(key), entry) == expected

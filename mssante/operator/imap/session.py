@@ -32,6 +32,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from mssante.logs import event
 from mssante.operator import metarecord
+from mssante.operator.delivery import THREAD_THRESHOLD
 from mssante.operator.imap import (
     appender,
     auth,
@@ -102,7 +103,7 @@ from mssante.operator.store import folders as store_folders
 from mssante.operator.store import messages as store_messages
 from mssante.operator.store import seen as store_seen
 from mssante.operator.store.crypto import BlobCipher, SealedBlob, SealedRecord
-from mssante.operator.store.errors import AlreadyExists, StoreError
+from mssante.operator.store.errors import AlreadyExists, NotFound, StoreError
 from mssante.operator.store.notify import folders_changed
 from mssante.operator.store.schema import Outcome, SpecialUse, utcnow
 from mssante.pki.errors import ValidationError
@@ -974,14 +975,12 @@ class ImapSession:
         return attrs
 
     async def _find_folder(self, name: str) -> store_folders.Folder | None:
+        assert self.account is not None
         try:
-            wanted = store_folders.normalize_folder_name(name)
-        except ValueError:
+            async with self.server.store.read_session() as session:
+                return await store_folders.get_folder(session, self.account.mailbox_id, name)
+        except (ValueError, NotFound):  # a name we would not store, or no such folder
             return None
-        for folder in await self._folders():
-            if folder.name == wanted:
-                return folder
-        return None
 
     async def _status(self, cmd: Status) -> None:
         unknown = set(cmd.items) - STATUS_ITEMS
@@ -1827,7 +1826,10 @@ class ImapSession:
             return responses.tagged(cmd.tag, "BAD", text)
         cipher = self.server.store.cipher
         datas = [m.data for m in cmd.messages]
-        sealed = await asyncio.to_thread(lambda: [seal_message(cipher, d) for d in datas])
+        if sum(len(d) for d in datas) > THREAD_THRESHOLD:
+            sealed = await asyncio.to_thread(lambda: [seal_message(cipher, d) for d in datas])
+        else:  # as Delivery does: a worker thread costs more than sealing a small message
+            sealed = [seal_message(cipher, d) for d in datas]
         now = utcnow()
         request = appender.Request(
             folder_id=folder.id,
