@@ -100,6 +100,27 @@ class ImapSettings:
 
 
 @dataclass(frozen=True)
+class SubmissionSettings:
+    """The submission listeners for mail clients and software (docs/submission.md)."""
+
+    enabled: bool = True
+    listen: str = "0.0.0.0:587"
+    """HOST:PORT of the listener where clients start TLS with STARTTLS (RFC 6409)."""
+    implicit_tls_listen: str = "0.0.0.0:465"
+    """Empty: no implicit-TLS listener (RFC 8314 recommends offering it)."""
+    max_connections: int = 500
+    max_connections_per_ip: int = 20
+    max_commands: int = 1000
+    max_recipients: int = 100
+    max_line_length: int = 1000
+    idle_timeout_seconds: int = 300
+    save_sent: bool = True
+    """Store a copy of each submitted message, marked \\Seen, in the sender's Sent folder."""
+    check_directory: bool = True
+    """Refuse remote recipients missing from the national directory mirror (550 5.1.1)."""
+
+
+@dataclass(frozen=True)
 class WhitelistSettings:
     """The ANS whitelist: which operator certificate may speak for which domain."""
 
@@ -157,6 +178,7 @@ class Settings:
     metrics: MetricsSettings = field(default_factory=MetricsSettings)
     relay: RelaySettings = field(default_factory=RelaySettings)
     imap: ImapSettings = field(default_factory=ImapSettings)
+    submission: SubmissionSettings = field(default_factory=SubmissionSettings)
     whitelist: WhitelistSettings = field(default_factory=WhitelistSettings)
     dkim: DkimSettings = field(default_factory=DkimSettings)
     source: Path = Path(DEFAULT_CONFIG_NAME)
@@ -413,6 +435,22 @@ def _check_values(settings: Settings) -> Settings:
         raise ConfigError("imap.idle_poll_seconds: must be between 0.05 and 60")
     if imap.idle_timeout_seconds < 1800:
         raise ConfigError("imap.idle_timeout_seconds: must be at least 1800 (RFC 9051 §5.4)")
+    submission = settings.submission
+    if submission.enabled:
+        parse_host_port(submission.listen, "submission.listen")
+        if submission.implicit_tls_listen:
+            parse_host_port(submission.implicit_tls_listen, "submission.implicit_tls_listen")
+    for key in (
+        "max_connections",
+        "max_connections_per_ip",
+        "max_commands",
+        "max_recipients",
+        "idle_timeout_seconds",
+    ):
+        if getattr(submission, key) < 1:
+            raise ConfigError(f"submission.{key}: must be at least 1")
+    if submission.max_line_length < 1000:
+        raise ConfigError("submission.max_line_length: must be at least 1000 (RFC 5321 §4.5.3.1.6)")
     wl = settings.whitelist
     if wl.source and "://" in wl.source and not wl.source.startswith("https://"):
         raise ConfigError(f"whitelist.source: {wl.source}: only https:// URLs or files")
@@ -459,6 +497,22 @@ def check_files(settings: Settings) -> None:
             raise ConfigError(f"pki.crls[{index}]: {crl}: no such file")
         if "://" in crl and not crl.startswith(("http://", "https://")):
             raise ConfigError(f"pki.crls[{index}]: {crl}: only http:// and https:// URLs")
+    submission = settings.submission
+    if submission.enabled:
+        parse_host_port(submission.listen, "submission.listen")
+        if submission.implicit_tls_listen:
+            parse_host_port(submission.implicit_tls_listen, "submission.implicit_tls_listen")
+    for key in (
+        "max_connections",
+        "max_connections_per_ip",
+        "max_commands",
+        "max_recipients",
+        "idle_timeout_seconds",
+    ):
+        if getattr(submission, key) < 1:
+            raise ConfigError(f"submission.{key}: must be at least 1")
+    if submission.max_line_length < 1000:
+        raise ConfigError("submission.max_line_length: must be at least 1000 (RFC 5321 §4.5.3.1.6)")
     wl = settings.whitelist
     if wl.source and "://" not in wl.source and not Path(wl.source).is_file():
         # A missing list file is only fatal when no cached copy exists either (checked at

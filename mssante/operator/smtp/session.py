@@ -175,7 +175,7 @@ class SmtpListener:
     ) -> None:
         who = session.audit_identity()
         with bind_session(session.session_id):
-            event(self.log, name, peer_ip=session.peer_ip, **who, **details)
+            event(self.log, name, peer_ip=session.peer_ip, **(who | details))
         target = details.get("recipient") or details.get("sender") or details.get("user") or ""
         self.audit_sink.record(
             AuditRecord(
