@@ -561,7 +561,7 @@ class SubmissionServer(SmtpListener):
             log.warning("no directory mirror available: remote recipients are not checked")
         return await self.start_listeners(
             ("submission.listen", "submission.implicit_tls_listen"),
-            ("submission", "submissions"),
+            ("submission", "smtps"),
             listen,
             implicit_tls_listen,
             self.tls_context,

@@ -8,6 +8,8 @@ import asyncio
 import contextlib
 import imaplib
 import json
+import os
+import shutil
 import smtplib
 import socket
 import ssl
@@ -544,3 +546,85 @@ async def test_too_many_recipients_and_too_big(submission: Submission) -> None:
     sixth, big = await _run(attempts)
     assert sixth == (452, b"4.5.3 Too many recipients")
     assert big == 552
+
+
+# --- swaks (Debian package swaks) ---------------------------------------------------------------
+
+needs_swaks = pytest.mark.skipif(
+    # In CI a missing swaks is a failure, not a skip.
+    shutil.which("swaks") is None and os.environ.get("CI") != "true",
+    reason="swaks not installed (Debian package swaks; ./dev.sh test installs it)",
+)
+
+
+async def _swaks(submission: Submission, *args: str) -> str:
+    process = await asyncio.create_subprocess_exec(
+        "swaks",
+        "--server",
+        "127.0.0.1",
+        "--port",
+        str(submission.port),
+        "--tls",
+        "--header",
+        "Subject: swaks",
+        "--body",
+        "Bonjour",
+        *args,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+    out, _ = await asyncio.wait_for(process.communicate(), 60)
+    text = out.decode(errors="replace")
+    assert process.returncode == 0, text
+    return text
+
+
+@needs_swaks
+async def test_swaks_submits_with_auth_over_starttls(submission: Submission) -> None:
+    out = await _swaks(
+        submission,
+        "--auth",
+        "PLAIN",
+        "--auth-user",
+        CLAIRE,
+        "--auth-password",
+        PASSWORD,
+        "--from",
+        CLAIRE,
+        "--to",
+        PAUL,
+    )
+    assert "<~  235 2.7.0 Authentication successful" in out
+    assert "<~  250 2.0.0 Ok: queued" in out
+    inbox = await _run(lambda: submission.imap_fetch(PAUL))
+    assert len(inbox) == 1 and message_from_bytes(inbox[0][1])["Subject"] == "swaks"
+
+
+@needs_swaks
+async def test_swaks_submits_with_a_client_certificate(submission: Submission) -> None:
+    out = await _swaks(
+        submission,
+        "--tls-cert",
+        str(FIXTURES / "pro-1.pem"),
+        "--tls-key",
+        str(FIXTURES / "pro-1.key"),
+        "--from",
+        JEAN,
+        "--to",
+        PAUL,
+    )
+    assert "<~  250 2.0.0 Ok: queued" in out
+    inbox = await _run(lambda: submission.imap_fetch(PAUL))
+    assert len(inbox) == 1 and message_from_bytes(inbox[0][1])["From"] == JEAN
+    events = await submission.audit_events()
+    logins = [d for e, o, d in events if e == "smtp.auth" and o == "ok"]
+    assert logins[-1]["user"] == JEAN and logins[-1]["mechanism"] == "certificate"
+
+
+async def test_certificate_without_mailbox_is_not_a_login(submission: Submission) -> None:
+    def attempt() -> tuple[int, bytes]:
+        with submission.starttls(cert="pro-2") as smtp:  # no mailbox for its national id
+            return smtp.docmd("MAIL", f"FROM:<{JEAN}>")
+
+    assert await _run(attempt) == (530, b"5.7.0 Authentication required")
+    assert "no_mailbox" in await submission.reasons()
