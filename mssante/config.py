@@ -400,35 +400,23 @@ def _check_values(settings: Settings) -> Settings:
     if storage.default_quota_bytes < 0:
         raise ConfigError("storage.default_quota_bytes: must be 0 (no quota) or positive")
     relay = settings.relay
-    if relay.enabled:
-        parse_host_port(relay.listen, "relay.listen")
-        if relay.implicit_tls_listen:
-            parse_host_port(relay.implicit_tls_listen, "relay.implicit_tls_listen")
-    for key in (
-        "max_connections",
-        "max_connections_per_peer",
-        "max_commands",
-        "max_recipients",
-        "idle_timeout_seconds",
-    ):
-        if getattr(relay, key) < 1:
-            raise ConfigError(f"relay.{key}: must be at least 1")
+    _check_listener(relay, "relay", relay.enabled, ("max_connections_per_peer", "max_commands"))
     # RFC 5321 §4.5.3.1.6: a text line is at most 1000 octets with CRLF; never accept less.
-    if relay.max_line_length < 1000:
-        raise ConfigError("relay.max_line_length: must be at least 1000 (RFC 5321 §4.5.3.1.6)")
+    for name, smtp in (("relay", relay), ("submission", settings.submission)):
+        if smtp.max_line_length < 1000:
+            raise ConfigError(
+                f"{name}.max_line_length: must be at least 1000 (RFC 5321 §4.5.3.1.6)"
+            )
+        for key in ("max_recipients", "idle_timeout_seconds"):
+            if getattr(smtp, key) < 1:
+                raise ConfigError(f"{name}.{key}: must be at least 1")
     imap = settings.imap
-    if imap.enabled:
-        parse_host_port(imap.listen, "imap.listen")
-        if imap.implicit_tls_listen:
-            parse_host_port(imap.implicit_tls_listen, "imap.implicit_tls_listen")
-    for key in (
-        "max_connections",
-        "max_connections_per_ip",
-        "login_delay_max_seconds",
-        "unauthenticated_timeout_seconds",
-    ):
-        if getattr(imap, key) < 1:
-            raise ConfigError(f"imap.{key}: must be at least 1")
+    _check_listener(
+        imap,
+        "imap",
+        imap.enabled,
+        ("max_connections_per_ip", "login_delay_max_seconds", "unauthenticated_timeout_seconds"),
+    )
     if imap.login_failures_before_delay < 0:
         raise ConfigError("imap.login_failures_before_delay: must be 0 or more")
     if not 0.05 <= imap.idle_poll_seconds <= 60:
@@ -436,21 +424,9 @@ def _check_values(settings: Settings) -> Settings:
     if imap.idle_timeout_seconds < 1800:
         raise ConfigError("imap.idle_timeout_seconds: must be at least 1800 (RFC 9051 §5.4)")
     submission = settings.submission
-    if submission.enabled:
-        parse_host_port(submission.listen, "submission.listen")
-        if submission.implicit_tls_listen:
-            parse_host_port(submission.implicit_tls_listen, "submission.implicit_tls_listen")
-    for key in (
-        "max_connections",
-        "max_connections_per_ip",
-        "max_commands",
-        "max_recipients",
-        "idle_timeout_seconds",
-    ):
-        if getattr(submission, key) < 1:
-            raise ConfigError(f"submission.{key}: must be at least 1")
-    if submission.max_line_length < 1000:
-        raise ConfigError("submission.max_line_length: must be at least 1000 (RFC 5321 §4.5.3.1.6)")
+    _check_listener(
+        submission, "submission", submission.enabled, ("max_connections_per_ip", "max_commands")
+    )
     wl = settings.whitelist
     if wl.source and "://" in wl.source and not wl.source.startswith("https://"):
         raise ConfigError(f"whitelist.source: {wl.source}: only https:// URLs or files")
@@ -459,6 +435,22 @@ def _check_values(settings: Settings) -> Settings:
     if settings.dkim.dns_timeout_seconds <= 0:
         raise ConfigError("dkim.dns_timeout_seconds: must be positive")
     return settings
+
+
+def _check_listener(
+    section: RelaySettings | ImapSettings | SubmissionSettings,
+    name: str,
+    enabled: bool,
+    at_least_one: tuple[str, ...],
+) -> None:
+    """A listener's addresses (when it is enabled) and its limits of at least 1."""
+    if enabled:
+        parse_host_port(section.listen, f"{name}.listen")
+        if section.implicit_tls_listen:
+            parse_host_port(section.implicit_tls_listen, f"{name}.implicit_tls_listen")
+    for key in ("max_connections", *at_least_one):
+        if getattr(section, key) < 1:
+            raise ConfigError(f"{name}.{key}: must be at least 1")
 
 
 def parse_host_port(text: str, key: str) -> tuple[str, int]:

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, field
 from typing import Any
 
 from prometheus_client import Counter, Gauge, Histogram
@@ -27,9 +26,7 @@ from mssante.operator import policy
 from mssante.operator.auditlog import AuditSink
 from mssante.operator.delivery import (
     Delivery,
-    InboundEnvelope,
     Recipient,
-    SessionInfo,
 )
 from mssante.operator.errors import MailError, temporary_failure
 from mssante.operator.smtp.params import parse_mail, parse_rcpt
@@ -38,6 +35,7 @@ from mssante.operator.smtp.session import (
     ListenerMetrics,
     SmtpListener,
     SmtpSession,
+    Transaction,
     recipient_of,
 )
 from mssante.operator.store.schema import Outcome
@@ -58,12 +56,6 @@ DELIVERY_SECONDS = Histogram(
 )
 
 
-@dataclass
-class _Transaction:
-    params: Any  # MailParams
-    recipients: list[Recipient] = field(default_factory=list)
-
-
 class RelaySMTP(SmtpSession):
     """One peer connection."""
 
@@ -75,7 +67,6 @@ class RelaySMTP(SmtpSession):
             starttls_context=relay.starttls_context,
         )
         self.relay = relay
-        self._transaction: _Transaction | None = None
         self._trust: ValidatedChain | MailError | None = None
 
     def audit_identity(self) -> dict[str, Any]:
@@ -116,47 +107,12 @@ class RelaySMTP(SmtpSession):
 
     # -- commands ----------------------------------------------------------------------------
 
-    async def smtp_EHLO(self, hostname: str) -> None:
-        if not hostname:
-            await self.push("501 5.5.4 Syntax: EHLO hostname")
-            return
-        self._set_rset_state()  # type: ignore[no-untyped-call]
-        self._transaction = None
-        assert self.session is not None
-        self.session.extended_smtp = True
-        self.session.host_name = hostname
-        lines = [f"250-{self.hostname} greets {hostname}"]
-        if self._ssl_object() is None and self.tls_context is not None:
-            lines.append("250-STARTTLS")  # RFC 3207
-        lines += [
-            f"250-SIZE {self.data_size_limit}",  # RFC 1870
-            "250-8BITMIME",  # RFC 6152
-            "250-SMTPUTF8",  # RFC 6531
-            "250-PIPELINING",  # RFC 2920
-            "250-ENHANCEDSTATUSCODES",  # RFC 2034
-            "250 DSN",  # RFC 3461
-        ]
-        await self.push_lines(lines)
-
     async def smtp_AUTH(self, arg: str) -> None:
         # Peers authenticate with their certificate; passwords belong to submission.
         await self.push("502 5.5.1 AUTH not available on the relay")
 
-    async def smtp_HELO(self, hostname: str) -> None:
-        self._transaction = None
-        await super().smtp_HELO(hostname)
-
-    async def smtp_RSET(self, arg: str) -> None:
-        self._transaction = None
-        await super().smtp_RSET(arg)
-
     async def smtp_MAIL(self, arg: str | None) -> None:
-        assert self.session is not None
-        if not self.session.host_name:
-            await self.push("503 5.5.1 Send EHLO first")
-            return
-        if self._transaction is not None:
-            await self.push("503 5.5.1 Nested MAIL command")
+        if not await self.mail_may_start():
             return
         trust = self._peer_trust()
         if isinstance(trust, MailError):
@@ -173,20 +129,12 @@ class RelaySMTP(SmtpSession):
         if refusal is not None:
             await self._refuse(refusal, sender=params.sender)
             return
-        self._transaction = _Transaction(params)
+        self.transaction = Transaction(params)
         await self.push("250 2.1.0 Sender OK")
 
     async def smtp_RCPT(self, arg: str | None) -> None:
-        transaction = self._transaction
+        transaction = await self.rcpt_transaction()
         if transaction is None:
-            await self.push("503 5.5.1 Need MAIL command first")
-            return
-        if len(transaction.recipients) >= self.relay.settings.relay.max_recipients:
-            # RFC 5321 §4.5.3.1.10: 452 for "too many recipients"; the client sends the
-            # rest in another transaction.
-            await self._refuse(
-                MailError(452, "4.5.3", "Too many recipients", reason="too_many_recipients")
-            )
             return
         try:
             params = parse_rcpt(arg, smtputf8=transaction.params.smtputf8)
@@ -204,42 +152,14 @@ class RelaySMTP(SmtpSession):
         await self.push("250 2.1.5 Recipient OK")
 
     async def smtp_DATA(self, arg: str) -> None:
-        transaction = self._transaction
-        if transaction is None or not transaction.recipients:
-            await self.push("503 5.5.1 Need RCPT command first")
+        received = await self.receive_data(arg)
+        if received is None:
             return
-        if arg:
-            await self.push("501 5.5.4 Syntax: DATA")
-            return
-        await self.push("354 End data with <CR><LF>.<CR><LF>")
-        data, problem = await self._read_data()
-        self._transaction = None
-        if problem is not None:
-            await self._refuse(problem)
-            return
+        transaction, data = received
         started = time.perf_counter()
-        tls = self._ssl_object()
-        assert tls is not None and self.session is not None
-        cipher = tls.cipher()
-        info = SessionInfo(
-            session_id=self.session_id,
-            peer_ip=self.peer_ip,
-            helo=self.session.host_name or "",
-            protocol="UTF8SMTPS" if transaction.params.smtputf8 else "ESMTPS",
-            tls_version=tls.version(),
-            tls_cipher=cipher[0] if cipher else None,
-            peer_dn=self.peer_dn(),
-        )
-        envelope = InboundEnvelope(
-            mail_from=transaction.params.sender,
-            recipients=tuple(transaction.recipients),
-            ret=transaction.params.ret,
-            envid=transaction.params.envid,
-            smtputf8=transaction.params.smtputf8,
-            body=transaction.params.body,
-        )
+        info = self.session_info(transaction.params.smtputf8, peer_dn=self.peer_dn())
         try:
-            report = await self.relay.delivery.deliver(envelope, data, info)
+            report = await self.relay.delivery.deliver(transaction.envelope(), data, info)
         except MailError as exc:
             await self._refuse(exc, command="DATA")
             return
@@ -273,6 +193,7 @@ class RelayServer(SmtpListener):
                 max_connections=config.max_connections,
                 max_connections_per_ip=config.max_connections_per_peer,
                 max_commands=config.max_commands,
+                max_recipients=config.max_recipients,
                 max_line_length=config.max_line_length,
                 idle_timeout_seconds=config.idle_timeout_seconds,
             ),

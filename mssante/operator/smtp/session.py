@@ -17,7 +17,7 @@ import logging
 import re
 import ssl
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, cast
 
 from aiosmtpd.smtp import SMTP as AioSMTP
@@ -27,7 +27,9 @@ from prometheus_client import Counter, Gauge
 from mssante.config import Settings
 from mssante.logs import bind_session, event, new_session_id
 from mssante.operator.auditlog import AuditRecord, AuditSink
+from mssante.operator.delivery import InboundEnvelope, Recipient, SessionInfo
 from mssante.operator.errors import MailError, temporary_failure
+from mssante.operator.smtp.params import MailParams
 from mssante.operator.store.schema import Outcome
 
 # RFC 5321 §4.5.3.1.4: a command line is at most 512 octets; the ESMTP extensions we offer
@@ -94,6 +96,32 @@ def recipient_of(arg: str | None) -> str:
     return arg[start + 1 : end][:256] if 0 <= start < end else arg[:256]
 
 
+@dataclass
+class Transaction:
+    """One mail transaction: MAIL's parameters and the recipients accepted at RCPT (`remote`:
+    on submission, those for the outbound queue; `recipients` are delivered locally)."""
+
+    params: MailParams
+    recipients: list[Recipient] = field(default_factory=list)
+    remote: list[Recipient] = field(default_factory=list)
+
+    @property
+    def count(self) -> int:
+        return len(self.recipients) + len(self.remote)
+
+    def envelope(self) -> InboundEnvelope:
+        """The local part, for `Delivery.deliver`."""
+        params = self.params
+        return InboundEnvelope(
+            mail_from=params.sender,
+            recipients=tuple(self.recipients),
+            ret=params.ret,
+            envid=params.envid,
+            smtputf8=params.smtputf8,
+            body=params.body,
+        )
+
+
 @dataclass(frozen=True)
 class ListenerMetrics:
     sessions: Counter
@@ -106,6 +134,7 @@ class ListenerLimits:
     max_connections: int
     max_connections_per_ip: int
     max_commands: int
+    max_recipients: int
     max_line_length: int
     idle_timeout_seconds: int
 
@@ -268,6 +297,7 @@ class SmtpSession(AioSMTP):
         )
         self.session_id = new_session_id()
         self.peer_ip = "-"
+        self.transaction: Transaction | None = None
         self._refused_at_connect = False
         self._commands = 0
         # Count every command, whichever method handles it (max_commands).
@@ -283,6 +313,107 @@ class SmtpSession(AioSMTP):
 
     def new_tls_layer(self) -> None:
         """STARTTLS replaced the transport: forget what was judged of the plain one."""
+
+    def ehlo_offers(self) -> list[str]:
+        """The EHLO lines that depend on the session's state (STARTTLS, AUTH)."""
+        if self._ssl_object() is None and self.tls_context is not None:
+            return ["250-STARTTLS"]  # RFC 3207
+        return []
+
+    # -- the commands' common part -------------------------------------------------------------
+
+    async def smtp_EHLO(self, hostname: str) -> None:
+        if not hostname:
+            await self.push("501 5.5.4 Syntax: EHLO hostname")
+            return
+        self._set_rset_state()  # type: ignore[no-untyped-call]
+        self.transaction = None
+        assert self.session is not None
+        self.session.extended_smtp = True
+        self.session.host_name = hostname
+        lines = [f"250-{self.hostname} greets {hostname}", *self.ehlo_offers()]
+        lines += [
+            f"250-SIZE {self.data_size_limit}",  # RFC 1870
+            "250-8BITMIME",  # RFC 6152
+            "250-SMTPUTF8",  # RFC 6531
+            "250-PIPELINING",  # RFC 2920
+            "250-ENHANCEDSTATUSCODES",  # RFC 2034
+            "250 DSN",  # RFC 3461
+        ]
+        # One write for the whole reply: PIPELINING clients read it at once anyway.
+        self._writer.write(("\r\n".join(lines) + "\r\n").encode())
+        await self._writer.drain()
+
+    async def smtp_HELO(self, hostname: str) -> None:
+        self.transaction = None
+        await super().smtp_HELO(hostname)
+
+    async def smtp_RSET(self, arg: str) -> None:
+        self.transaction = None
+        await super().smtp_RSET(arg)
+
+    async def mail_may_start(self) -> bool:
+        """MAIL's sequence checks (RFC 5321 §4.1.4); False once the refusal is sent."""
+        assert self.session is not None
+        if not self.session.host_name:
+            await self.push("503 5.5.1 Send EHLO first")
+            return False
+        if self.transaction is not None:
+            await self.push("503 5.5.1 Nested MAIL command")
+            return False
+        return True
+
+    async def rcpt_transaction(self) -> Transaction | None:
+        """The transaction a RCPT adds to, None once the refusal is sent."""
+        transaction = self.transaction
+        if transaction is None:
+            await self.push("503 5.5.1 Need MAIL command first")
+            return None
+        if transaction.count >= self.listener.limits.max_recipients:
+            # RFC 5321 §4.5.3.1.10: 452 for "too many recipients"; the client sends the
+            # rest in another transaction.
+            await self._refuse(
+                MailError(452, "4.5.3", "Too many recipients", reason="too_many_recipients")
+            )
+            return None
+        return transaction
+
+    async def receive_data(self, arg: str) -> tuple[Transaction, bytes] | None:
+        """DATA up to the final dot: the transaction (ended) and the message, None once the
+        refusal is sent."""
+        transaction = self.transaction
+        if transaction is None or not transaction.count:
+            await self.push("503 5.5.1 Need RCPT command first")
+            return None
+        if arg:
+            await self.push("501 5.5.4 Syntax: DATA")
+            return None
+        await self.push("354 End data with <CR><LF>.<CR><LF>")
+        data, problem = await self._read_data()
+        self.transaction = None
+        if problem is not None:
+            await self._refuse(problem)
+            return None
+        return transaction, data
+
+    def session_info(
+        self, smtputf8: bool, *, peer_dn: str | None = None, authenticated: bool = False
+    ) -> SessionInfo:
+        """What the Received field says of this session (RFC 3848 protocol names)."""
+        tls = self._ssl_object()
+        assert tls is not None and self.session is not None
+        cipher = tls.cipher()
+        protocol = "ESMTPSA" if authenticated else "ESMTPS"
+        return SessionInfo(
+            session_id=self.session_id,
+            peer_ip=self.peer_ip,
+            helo=self.session.host_name or "",
+            protocol=("UTF8SMTP" + protocol[5:]) if smtputf8 else protocol,
+            tls_version=tls.version(),
+            tls_cipher=cipher[0] if cipher else None,
+            peer_dn=peer_dn,
+            authenticated=authenticated,
+        )
 
     # -- connection ------------------------------------------------------------------------
 
@@ -344,11 +475,6 @@ class SmtpSession(AioSMTP):
         if isinstance(status, bytes):
             status = status.decode("utf-8", "replace")
         await super().push(with_enhanced_code(status))
-
-    async def push_lines(self, lines: list[str]) -> None:
-        """A multi-line reply in one write (EHLO: PIPELINING clients read it at once anyway)."""
-        self._writer.write(("\r\n".join(lines) + "\r\n").encode())
-        await self._writer.drain()
 
     def _counted(
         self, method: Callable[[Any], Awaitable[None]]

@@ -27,7 +27,7 @@ import logging
 import re
 import secrets
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
@@ -42,19 +42,19 @@ from mssante.operator.auth import Authenticator, Login, decode_plain
 from mssante.operator.delivery import (
     MAX_PATH,
     Delivery,
-    InboundEnvelope,
     Recipient,
     SessionInfo,
     received_field,
 )
 from mssante.operator.errors import MailError, temporary_failure
 from mssante.operator.policy import Route, SendRights
-from mssante.operator.smtp.params import MailParams, parse_mail, parse_rcpt
+from mssante.operator.smtp.params import parse_mail, parse_rcpt
 from mssante.operator.smtp.session import (
     ListenerLimits,
     ListenerMetrics,
     SmtpListener,
     SmtpSession,
+    Transaction,
     recipient_of,
 )
 from mssante.operator.store import domains, folders, grants
@@ -183,17 +183,6 @@ def prepare_message(
 # --- the session --------------------------------------------------------------------------------
 
 
-@dataclass
-class _Transaction:
-    params: MailParams
-    local: list[Recipient] = field(default_factory=list)
-    remote: list[Recipient] = field(default_factory=list)
-
-    @property
-    def count(self) -> int:
-        return len(self.local) + len(self.remote)
-
-
 class SubmissionSMTP(SmtpSession):
     """One client connection."""
 
@@ -207,7 +196,6 @@ class SubmissionSMTP(SmtpSession):
         self.server = server
         self._login: Login | None = None
         self._rights: SendRights | None = None
-        self._transaction: _Transaction | None = None
 
     def audit_identity(self) -> dict[str, Any]:
         account = self._login.account if self._login is not None else None
@@ -217,45 +205,20 @@ class SubmissionSMTP(SmtpSession):
         # RFC 3207 §4.2: after STARTTLS the client starts afresh (it cannot be logged in yet).
         self._login = None
         self._rights = None
-        self._transaction = None
+        self.transaction = None
 
     # -- commands ----------------------------------------------------------------------------
 
-    async def smtp_EHLO(self, hostname: str) -> None:
-        if not hostname:
-            await self.push("501 5.5.4 Syntax: EHLO hostname")
-            return
-        self._set_rset_state()  # type: ignore[no-untyped-call]
-        self._transaction = None
-        assert self.session is not None
-        self.session.extended_smtp = True
-        self.session.host_name = hostname
-        lines = [f"250-{self.hostname} greets {hostname}"]
+    def ehlo_offers(self) -> list[str]:
         tls = self._ssl_object()
         if tls is None:
-            lines.append("250-STARTTLS")  # RFC 3207; AUTH only once TLS is on (RFC 4954 §4)
-        elif self._login is None:
-            mechanisms = "PLAIN LOGIN"
-            if peer_identity(tls) is not None:
-                mechanisms += " EXTERNAL"  # RFC 4422 App. A: a certificate was presented
-            lines.append(f"250-AUTH {mechanisms}")  # RFC 4954
-        lines += [
-            f"250-SIZE {self.data_size_limit}",  # RFC 1870
-            "250-8BITMIME",  # RFC 6152
-            "250-SMTPUTF8",  # RFC 6531
-            "250-PIPELINING",  # RFC 2920
-            "250-ENHANCEDSTATUSCODES",  # RFC 2034
-            "250 DSN",  # RFC 3461
-        ]
-        await self.push_lines(lines)
-
-    async def smtp_HELO(self, hostname: str) -> None:
-        self._transaction = None
-        await super().smtp_HELO(hostname)
-
-    async def smtp_RSET(self, arg: str) -> None:
-        self._transaction = None
-        await super().smtp_RSET(arg)
+            return ["250-STARTTLS"]  # RFC 3207; AUTH only once TLS is on (RFC 4954 §4)
+        if self._login is not None:
+            return []
+        mechanisms = "PLAIN LOGIN"
+        if peer_identity(tls) is not None:
+            mechanisms += " EXTERNAL"  # RFC 4422 App. A: a certificate was presented
+        return [f"250-AUTH {mechanisms}"]  # RFC 4954
 
     async def smtp_AUTH(self, arg: str) -> None:
         assert self.session is not None
@@ -268,7 +231,7 @@ class SubmissionSMTP(SmtpSession):
         if self._login is not None:
             await self.push("503 5.5.1 Already authenticated")  # RFC 4954 §4
             return
-        if self._transaction is not None:
+        if self.transaction is not None:
             await self.push("503 5.5.1 AUTH not permitted during a mail transaction")
             return
         mechanism, _, initial = (arg or "").strip().partition(" ")
@@ -385,12 +348,7 @@ class SubmissionSMTP(SmtpSession):
         return username, password
 
     async def smtp_MAIL(self, arg: str | None) -> None:
-        assert self.session is not None
-        if not self.session.host_name:
-            await self.push("503 5.5.1 Send EHLO first")
-            return
-        if self._transaction is not None:
-            await self.push("503 5.5.1 Nested MAIL command")
+        if not await self.mail_may_start():
             return
         if self._ssl_object() is None:
             await self._refuse(policy.tls_required(), command="MAIL")
@@ -410,19 +368,12 @@ class SubmissionSMTP(SmtpSession):
         if refusal is not None:
             await self._refuse(refusal, sender=params.sender)
             return
-        self._transaction = _Transaction(params)
+        self.transaction = Transaction(params)
         await self.push("250 2.1.0 Sender OK")
 
     async def smtp_RCPT(self, arg: str | None) -> None:
-        transaction = self._transaction
+        transaction = await self.rcpt_transaction()
         if transaction is None:
-            await self.push("503 5.5.1 Need MAIL command first")
-            return
-        if transaction.count >= self.server.config.max_recipients:
-            # RFC 5321 §4.5.3.1.10: 452, the client sends the rest in another transaction.
-            await self._refuse(
-                MailError(452, "4.5.3", "Too many recipients", reason="too_many_recipients")
-            )
             return
         try:
             params = parse_rcpt(arg, smtputf8=transaction.params.smtputf8)
@@ -435,23 +386,14 @@ class SubmissionSMTP(SmtpSession):
             await self._refuse(temporary_failure(), command="RCPT")
             return
         recipient = Recipient(params.recipient.lower(), params.notify, params.orcpt)
-        (transaction.local if route is Route.LOCAL else transaction.remote).append(recipient)
+        (transaction.recipients if route is Route.LOCAL else transaction.remote).append(recipient)
         await self.push("250 2.1.5 Recipient OK")
 
     async def smtp_DATA(self, arg: str) -> None:
-        transaction = self._transaction
-        if transaction is None or not transaction.count:
-            await self.push("503 5.5.1 Need RCPT command first")
+        got = await self.receive_data(arg)
+        if got is None:
             return
-        if arg:
-            await self.push("501 5.5.4 Syntax: DATA")
-            return
-        await self.push("354 End data with <CR><LF>.<CR><LF>")
-        data, problem = await self._read_data()
-        self._transaction = None
-        if problem is not None:
-            await self._refuse(problem)
-            return
+        transaction, data = got
         started = time.perf_counter()
         rights, login = self._rights, self._login
         assert rights is not None and login is not None and login.account is not None
@@ -460,22 +402,9 @@ class SubmissionSMTP(SmtpSession):
         if refusal is not None:
             await self._refuse(refusal, command="DATA")
             return
-        tls = self._ssl_object()
-        assert tls is not None and self.session is not None
-        cipher = tls.cipher()
-        info = SessionInfo(
-            session_id=self.session_id,
-            peer_ip=self.peer_ip,
-            helo=self.session.host_name or "",
-            # RFC 3848: ESMTPSA, authenticated over TLS.
-            protocol="UTF8SMTPSA" if transaction.params.smtputf8 else "ESMTPSA",
-            tls_version=tls.version(),
-            tls_cipher=cipher[0] if cipher else None,
-            peer_dn=None,
-            authenticated=True,
-        )
+        info = self.session_info(transaction.params.smtputf8, authenticated=True)
         hostname = self.server.settings.operator.hostname
-        recipients = [r.address for r in transaction.local + transaction.remote]
+        recipients = [r.address for r in transaction.recipients + transaction.remote]
         received = received_field(info, hostname, recipients, datetime.now(UTC))
         prepared = prepare_message(data, header, rights, received, hostname)
         try:
@@ -497,7 +426,7 @@ class SubmissionSMTP(SmtpSession):
                 "sender": transaction.params.sender,
                 "from": list(prepared.header_from),
                 "message_id": prepared.message_id,
-                "local": len(transaction.local),
+                "local": len(transaction.recipients),
                 "remote": len(transaction.remote),
                 "size": len(prepared.data),
                 "on_behalf": policy.needs_sender_header(rights, prepared.header_from),
@@ -532,6 +461,7 @@ class SubmissionServer(SmtpListener):
                 max_connections=config.max_connections,
                 max_connections_per_ip=config.max_connections_per_ip,
                 max_commands=config.max_commands,
+                max_recipients=config.max_recipients,
                 max_line_length=config.max_line_length,
                 idle_timeout_seconds=config.idle_timeout_seconds,
             ),
@@ -594,7 +524,7 @@ class SubmissionServer(SmtpListener):
         return route
 
     async def accept(
-        self, transaction: _Transaction, prepared: Prepared, info: SessionInfo, submitter: int
+        self, transaction: Transaction, prepared: Prepared, info: SessionInfo, submitter: int
     ) -> None:
         """Commit the local part (recipients and the Sent copy), then queue the remote part;
         returns once both are durable. Raising between the two leaves the local copies
@@ -602,17 +532,9 @@ class SubmissionServer(SmtpListener):
         (at-least-once, like every SMTP hop)."""
         params = transaction.params
         sent_folder = await self._sent_folder(params.sender) if self.config.save_sent else None
-        if transaction.local or sent_folder is not None:
-            envelope = InboundEnvelope(
-                mail_from=params.sender,
-                recipients=tuple(transaction.local),
-                ret=params.ret,
-                envid=params.envid,
-                smtputf8=params.smtputf8,
-                body=params.body,
-            )
+        if transaction.recipients or sent_folder is not None:
             await self.delivery.deliver(
-                envelope, prepared.data, info, traced=True, sent_folder=sent_folder
+                transaction.envelope(), prepared.data, info, traced=True, sent_folder=sent_folder
             )
         if transaction.remote:
             assert self.outbox is not None  # RCPT refused remote recipients without one
