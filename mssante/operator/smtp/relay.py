@@ -19,7 +19,7 @@ import logging
 import time
 from typing import Any
 
-from prometheus_client import Counter, Gauge, Histogram
+from prometheus_client import Counter, Histogram
 
 from mssante.config import Settings
 from mssante.operator import policy
@@ -47,9 +47,7 @@ from mssante.whitelist.source import WhitelistStore
 
 log = logging.getLogger("mssante.relay")
 
-SESSIONS = Counter("mssante_relay_sessions_total", "Relay connections accepted")
-ACTIVE = Gauge("mssante_relay_sessions_active", "Relay connections open")
-REFUSALS = Counter("mssante_relay_refusals_total", "Relay refusals", ["reason"])
+METRICS = ListenerMetrics.named("relay", "Relay")
 DELIVERED = Counter("mssante_relay_messages_total", "Messages accepted by the relay")
 DELIVERY_SECONDS = Histogram(
     "mssante_relay_delivery_seconds", "From end of DATA to the 250 (durable commit)"
@@ -189,15 +187,8 @@ class RelayServer(SmtpListener):
         super().__init__(
             settings,
             audit_sink,
-            ListenerLimits(
-                max_connections=config.max_connections,
-                max_connections_per_ip=config.max_connections_per_peer,
-                max_commands=config.max_commands,
-                max_recipients=config.max_recipients,
-                max_line_length=config.max_line_length,
-                idle_timeout_seconds=config.idle_timeout_seconds,
-            ),
-            ListenerMetrics(SESSIONS, ACTIVE, REFUSALS),
+            ListenerLimits.of(config, config.max_connections_per_peer),
+            METRICS,
             log,
         )
         self.pki = pki

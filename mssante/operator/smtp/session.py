@@ -24,7 +24,7 @@ from aiosmtpd.smtp import SMTP as AioSMTP
 from aiosmtpd.smtp import Session as AioSession
 from prometheus_client import Counter, Gauge
 
-from mssante.config import Settings
+from mssante.config import RelaySettings, Settings, SubmissionSettings
 from mssante.logs import bind_session, event, new_session_id
 from mssante.operator.auditlog import AuditRecord, AuditSink
 from mssante.operator.delivery import InboundEnvelope, Recipient, SessionInfo
@@ -128,6 +128,16 @@ class ListenerMetrics:
     active: Gauge
     refusals: Counter  # labelled by reason
 
+    @classmethod
+    def named(cls, name: str, title: str) -> ListenerMetrics:
+        """`mssante_<name>_sessions_total`, `…_sessions_active`, `…_refusals_total`; once
+        per process (at import of the listener's module)."""
+        return cls(
+            Counter(f"mssante_{name}_sessions_total", f"{title} connections accepted"),
+            Gauge(f"mssante_{name}_sessions_active", f"{title} connections open"),
+            Counter(f"mssante_{name}_refusals_total", f"{title} refusals", ["reason"]),
+        )
+
 
 @dataclass(frozen=True)
 class ListenerLimits:
@@ -137,6 +147,17 @@ class ListenerLimits:
     max_recipients: int
     max_line_length: int
     idle_timeout_seconds: int
+
+    @classmethod
+    def of(cls, section: RelaySettings | SubmissionSettings, per_ip: int) -> ListenerLimits:
+        return cls(
+            max_connections=section.max_connections,
+            max_connections_per_ip=per_ip,
+            max_commands=section.max_commands,
+            max_recipients=section.max_recipients,
+            max_line_length=section.max_line_length,
+            idle_timeout_seconds=section.idle_timeout_seconds,
+        )
 
 
 class SmtpListener:

@@ -32,7 +32,7 @@ from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from aiosmtpd.smtp import MISSING
-from prometheus_client import Counter, Gauge, Histogram
+from prometheus_client import Counter, Histogram
 from sqlalchemy import select
 
 from mssante.config import Settings, SubmissionSettings
@@ -66,9 +66,7 @@ from mssante.whitelist.source import WhitelistStore
 
 log = logging.getLogger("mssante.submission")
 
-SESSIONS = Counter("mssante_submission_sessions_total", "Submission connections accepted")
-ACTIVE = Gauge("mssante_submission_sessions_active", "Submission connections open")
-REFUSALS = Counter("mssante_submission_refusals_total", "Submission refusals", ["reason"])
+METRICS = ListenerMetrics.named("submission", "Submission")
 ACCEPTED = Counter("mssante_submission_messages_total", "Messages accepted by submission")
 ACCEPT_SECONDS = Histogram(
     "mssante_submission_accept_seconds",
@@ -272,7 +270,7 @@ class SubmissionSMTP(SmtpSession):
         details: dict[str, object] = {"mechanism": mechanism, **login.details}
         if login.account is None:
             reason = login.reason or "auth_failed"
-            REFUSALS.labels(reason=reason).inc()
+            METRICS.refusals.labels(reason=reason).inc()
             server.audit(
                 self,
                 "smtp.auth",
@@ -457,15 +455,8 @@ class SubmissionServer(SmtpListener):
         super().__init__(
             settings,
             audit_sink,
-            ListenerLimits(
-                max_connections=config.max_connections,
-                max_connections_per_ip=config.max_connections_per_ip,
-                max_commands=config.max_commands,
-                max_recipients=config.max_recipients,
-                max_line_length=config.max_line_length,
-                idle_timeout_seconds=config.idle_timeout_seconds,
-            ),
-            ListenerMetrics(SESSIONS, ACTIVE, REFUSALS),
+            ListenerLimits.of(config, config.max_connections_per_ip),
+            METRICS,
             log,
         )
         self.store = store
