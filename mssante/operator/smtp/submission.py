@@ -112,14 +112,21 @@ class Directory(Protocol):
 # --- sender rights ----------------------------------------------------------------------------
 
 
-async def send_rights(store: Store, login: Login) -> SendRights:
+async def send_rights(store: Store, login: Login) -> SendRights | None:
     """What `login` may send as (policy.SendRights): its own mailbox and the APP mailboxes
     bound to its certificate (`own`); the mailboxes whose grant gives it the send right, a
-    delegated PER or an ORG/CAB it is a member of (`on_behalf`)."""
+    delegated PER or an ORG/CAB it is a member of (`on_behalf`). None for a patient's mailbox:
+    patients write through the webmail, where the trust space's rules for them apply (a patient
+    may not write first to a professional)."""
     account = login.account
     assert account is not None
     own = {account.address}
     async with store.read_session() as session:
+        kind = await session.scalar(
+            select(MailboxRow.type).where(MailboxRow.id == account.mailbox_id)
+        )
+        if kind == MailboxType.PATIENT.value:
+            return None
         bound_ids = [c.account.mailbox_id for c in login.bound]
         if bound_ids:
             apps = await session.scalars(
@@ -237,7 +244,9 @@ class SubmissionSMTP(SmtpSession):
         if mechanism not in MECHANISMS:
             await self.push("504 5.5.4 Unrecognized authentication mechanism")
             return
-        response = await self._initial_response(initial.strip())
+        # LOGIN without an initial response asks for the user name itself (_credentials).
+        login_prompt = mechanism == "LOGIN" and not initial.strip()
+        response = b"" if login_prompt else await self._initial_response(initial.strip())
         if response is None:
             return  # cancelled or undecodable: aiosmtpd answered 501
         server = self.server
@@ -257,32 +266,35 @@ class SubmissionSMTP(SmtpSession):
                 if isinstance(credentials, Login)
                 else await server.auth.password(*credentials, self.peer_ip)
             )
-        if await self._logged_in(login, mechanism):
+        try:
+            logged_in = await self._logged_in(login, mechanism)
+        except MailError as exc:
+            await self._refuse(exc, command="AUTH")
+            return
+        if logged_in:
             await self.push("235 2.7.0 Authentication successful")
-        elif login.account is None:
+        else:
             # RFC 4954 §6: 535 5.7.8 for every failure, the reason only in the audit trail.
             await self.push("535 5.7.8 Authentication credentials invalid")
 
     async def _logged_in(self, login: Login, mechanism: str) -> bool:
-        """Record a login's verdict (audit, send rights); False if refused. A failure of the
-        send-rights lookup is answered here (451); a refused login is the caller's to answer."""
+        """Record a login's verdict (audit, send rights): True if logged in, False if refused
+        (the caller answers); MailError (451) when the send rights cannot be read."""
         server = self.server
         details: dict[str, object] = {"mechanism": mechanism, **login.details}
-        if login.account is None:
-            reason = login.reason or "auth_failed"
+        rights: SendRights | None = None
+        if login.account is not None:
+            try:
+                rights = await send_rights(server.store, login)
+            except Exception:
+                log.exception("send rights lookup failed")
+                raise temporary_failure() from None
+        if login.account is None or rights is None:
+            reason = login.reason or ("auth_failed" if login.account is None else "patient_mailbox")
             METRICS.refusals.labels(reason=reason).inc()
-            server.audit(
-                self,
-                "smtp.auth",
-                Outcome.REFUSED,
-                {"user": login.user, "reason": reason, **details},
-            )
-            return False
-        try:
-            rights = await send_rights(server.store, login)
-        except Exception:
-            log.exception("send rights lookup failed")
-            await self._refuse(temporary_failure(), command="AUTH")
+            user = login.account.address if login.account is not None else login.user
+            details |= {"user": user, "reason": reason}
+            server.audit(self, "smtp.auth", Outcome.REFUSED, details)
             return False
         self._login, self._rights = login, rights
         server.audit(self, "smtp.auth", Outcome.OK, {"user": login.account.address, **details})
@@ -351,7 +363,11 @@ class SubmissionSMTP(SmtpSession):
         if self._ssl_object() is None:
             await self._refuse(policy.tls_required(), command="MAIL")
             return
-        rights = self._rights or await self._certificate_login()
+        try:
+            rights = self._rights or await self._certificate_login()
+        except MailError as exc:
+            await self._refuse(exc, command="MAIL")
+            return
         if rights is None:
             await self._refuse(policy.authentication_required(), command="MAIL")
             return

@@ -5,6 +5,7 @@ implementations of components merged later (the queue and directory work package
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import imaplib
 import json
@@ -45,6 +46,7 @@ PAUL = f"paul.martin@{DOMAIN}"  # member of CARDIO with send-as
 SOPHIE = f"sophie.durand@{DOMAIN}"  # member of CARDIO without send-as
 CARDIO = f"cardiologie@{DOMAIN}"
 DPI = f"dpi@{DOMAIN}"  # APP bound to pro-1's certificate
+PATIENT = "146026322000196@patient.mssante.test"
 KNOWN_REMOTE = f"known@{REMOTE_DOMAIN}"
 PRO1_NATIONAL_ID = str(INDEX["files"]["pro-1.pem"]["national_id"])
 
@@ -188,7 +190,8 @@ source = "{FIXTURES / "whitelist.xml"}"
     await ops.add_mailbox(SOPHIE, "PER", national_id="810000000033", state="active")
     await ops.add_mailbox(CARDIO, "ORG", state="active")
     await ops.add_mailbox(DPI, "APP", state="active")
-    for address in (JEAN, CLAIRE, PAUL, SOPHIE):
+    await ops.add_mailbox(PATIENT, "PATIENT", state="active")
+    for address in (JEAN, CLAIRE, PAUL, SOPHIE, PATIENT):
         await ops.set_password(address, PASSWORD)
     await ops.grant(JEAN, CLAIRE, frozenset({"read", "send-as"}))
     await ops.grant(CARDIO, PAUL, frozenset({"read", "write", "send-as"}))
@@ -331,6 +334,67 @@ async def test_no_external_without_certificate(submission: Submission) -> None:
     assert not offered
     assert reply[0] == 535
     assert "no_certificate" in await submission.reasons()
+
+
+async def test_auth_sequencing_and_cancel(submission: Submission) -> None:
+    def exchange() -> list[tuple[int, bytes]]:
+        replies = []
+        with smtplib.SMTP("127.0.0.1", submission.port, timeout=10) as smtp:
+            replies.append(smtp.docmd("AUTH", "PLAIN"))  # before EHLO
+            smtp.ehlo("client.test")
+            smtp.starttls(context=_client_context())
+            smtp.ehlo("client.test")
+            replies.append(smtp.docmd("AUTH", "CRAM-MD5"))
+            replies.append(smtp.docmd("AUTH", "PLAIN"))  # 334, then cancelled
+            replies.append(smtp.docmd("*"))
+            replies.append(smtp.docmd("AUTH", "PLAIN not-base64!"))
+            replies.append(smtp.docmd("AUTH", "LOGIN"))  # 334 Username:
+            replies.append(smtp.docmd(base64.b64encode(JEAN.encode()).decode()))
+            replies.append(smtp.docmd(base64.b64encode(PASSWORD.encode()).decode()))
+            replies.append(smtp.docmd("AUTH", "PLAIN"))  # already authenticated
+            smtp.ehlo("client.test")
+            replies.append((0, b"AUTH" if smtp.has_extn("auth") else b""))
+        return replies
+
+    replies = await _run(exchange)
+    assert replies[0] == (503, b"5.5.1 Send EHLO first")
+    assert replies[1] == (504, b"5.5.4 Unrecognized authentication mechanism")
+    assert replies[2] == (334, b"")
+    assert replies[3][0] == 501
+    assert replies[4] == (501, b"5.5.2 Cannot decode base64")
+    assert replies[5] == (334, base64.b64encode(b"Username:"))
+    assert replies[6] == (334, base64.b64encode(b"Password:"))
+    assert replies[7] == (235, b"2.7.0 Authentication successful")
+    assert replies[8] == (503, b"5.5.1 Already authenticated")
+    assert replies[9] == (0, b"")  # AUTH no longer offered once logged in
+
+
+async def test_patient_mailbox_may_not_submit(submission: Submission) -> None:
+    def attempt() -> tuple[int, bytes]:
+        with submission.starttls() as smtp:
+            smtp.user, smtp.password = PATIENT, PASSWORD
+            try:
+                return smtp.auth("PLAIN", smtp.auth_plain)
+            except smtplib.SMTPAuthenticationError as exc:
+                return exc.smtp_code, exc.smtp_error
+
+    assert await _run(attempt) == (535, b"5.7.8 Authentication credentials invalid")
+    assert "patient_mailbox" in await submission.reasons()
+
+
+async def test_connections_per_ip_limited(store_url: str, write_config: ConfigWriter) -> None:
+    async with running_submission(
+        store_url, write_config, options="max_connections_per_ip = 1"
+    ) as submission:
+
+        def second() -> bytes:
+            with socket.create_connection(("127.0.0.1", submission.port), timeout=10) as first:
+                assert first.recv(100).startswith(b"220 ")
+                with socket.create_connection(("127.0.0.1", submission.port), timeout=10) as s2:
+                    return s2.recv(200)
+
+        assert await _run(second) == b"421 4.7.0 Too many connections from your address\r\n"
+        assert "too_many_connections_from_peer" in await submission.reasons()
 
 
 # --- sender rights -------------------------------------------------------------------------------
