@@ -28,7 +28,7 @@ from mssante.config import RelaySettings, Settings, SubmissionSettings
 from mssante.logs import bind_session, event, new_session_id
 from mssante.operator.auditlog import AuditRecord, AuditSink
 from mssante.operator.delivery import InboundEnvelope, Recipient, SessionInfo
-from mssante.operator.errors import MailError, temporary_failure
+from mssante.operator.errors import MailError, temporary_failure, too_big
 from mssante.operator.smtp.params import MailParams
 from mssante.operator.store.schema import Outcome
 
@@ -73,10 +73,6 @@ def with_enhanced_code(line: str) -> str:
         return line
     text = line[4:].removeprefix("Error: ")
     return f"{code}{line[3:4] or ' '}{_DEFAULT_ENHANCED[code]} {text}"
-
-
-def too_big(limit: int) -> MailError:
-    return MailError(552, "5.3.4", f"Message too big (limit {limit} bytes)", reason="too_big")
 
 
 def line_too_long(max_line: int) -> MailError:
