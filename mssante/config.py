@@ -100,6 +100,27 @@ class ImapSettings:
 
 
 @dataclass(frozen=True)
+class SubmissionSettings:
+    """The submission listeners for mail clients and software (docs/submission.md)."""
+
+    enabled: bool = True
+    listen: str = "0.0.0.0:587"
+    """HOST:PORT of the listener where clients start TLS with STARTTLS (RFC 6409)."""
+    implicit_tls_listen: str = "0.0.0.0:465"
+    """Empty: no implicit-TLS listener (RFC 8314 recommends offering it)."""
+    max_connections: int = 500
+    max_connections_per_ip: int = 20
+    max_commands: int = 1000
+    max_recipients: int = 100
+    max_line_length: int = 1000
+    idle_timeout_seconds: int = 300
+    save_sent: bool = True
+    """Store a copy of each submitted message, marked \\Seen, in the sender's Sent folder."""
+    check_directory: bool = True
+    """Refuse remote recipients missing from the national directory mirror (550 5.1.1)."""
+
+
+@dataclass(frozen=True)
 class WhitelistSettings:
     """The ANS whitelist: which operator certificate may speak for which domain."""
 
@@ -157,6 +178,7 @@ class Settings:
     metrics: MetricsSettings = field(default_factory=MetricsSettings)
     relay: RelaySettings = field(default_factory=RelaySettings)
     imap: ImapSettings = field(default_factory=ImapSettings)
+    submission: SubmissionSettings = field(default_factory=SubmissionSettings)
     whitelist: WhitelistSettings = field(default_factory=WhitelistSettings)
     dkim: DkimSettings = field(default_factory=DkimSettings)
     source: Path = Path(DEFAULT_CONFIG_NAME)
@@ -378,41 +400,33 @@ def _check_values(settings: Settings) -> Settings:
     if storage.default_quota_bytes < 0:
         raise ConfigError("storage.default_quota_bytes: must be 0 (no quota) or positive")
     relay = settings.relay
-    if relay.enabled:
-        parse_host_port(relay.listen, "relay.listen")
-        if relay.implicit_tls_listen:
-            parse_host_port(relay.implicit_tls_listen, "relay.implicit_tls_listen")
-    for key in (
-        "max_connections",
-        "max_connections_per_peer",
-        "max_commands",
-        "max_recipients",
-        "idle_timeout_seconds",
-    ):
-        if getattr(relay, key) < 1:
-            raise ConfigError(f"relay.{key}: must be at least 1")
+    _check_listener(relay, "relay", relay.enabled, ("max_connections_per_peer", "max_commands"))
     # RFC 5321 §4.5.3.1.6: a text line is at most 1000 octets with CRLF; never accept less.
-    if relay.max_line_length < 1000:
-        raise ConfigError("relay.max_line_length: must be at least 1000 (RFC 5321 §4.5.3.1.6)")
+    for name, smtp in (("relay", relay), ("submission", settings.submission)):
+        if smtp.max_line_length < 1000:
+            raise ConfigError(
+                f"{name}.max_line_length: must be at least 1000 (RFC 5321 §4.5.3.1.6)"
+            )
+        for key in ("max_recipients", "idle_timeout_seconds"):
+            if getattr(smtp, key) < 1:
+                raise ConfigError(f"{name}.{key}: must be at least 1")
     imap = settings.imap
-    if imap.enabled:
-        parse_host_port(imap.listen, "imap.listen")
-        if imap.implicit_tls_listen:
-            parse_host_port(imap.implicit_tls_listen, "imap.implicit_tls_listen")
-    for key in (
-        "max_connections",
-        "max_connections_per_ip",
-        "login_delay_max_seconds",
-        "unauthenticated_timeout_seconds",
-    ):
-        if getattr(imap, key) < 1:
-            raise ConfigError(f"imap.{key}: must be at least 1")
+    _check_listener(
+        imap,
+        "imap",
+        imap.enabled,
+        ("max_connections_per_ip", "login_delay_max_seconds", "unauthenticated_timeout_seconds"),
+    )
     if imap.login_failures_before_delay < 0:
         raise ConfigError("imap.login_failures_before_delay: must be 0 or more")
     if not 0.05 <= imap.idle_poll_seconds <= 60:
         raise ConfigError("imap.idle_poll_seconds: must be between 0.05 and 60")
     if imap.idle_timeout_seconds < 1800:
         raise ConfigError("imap.idle_timeout_seconds: must be at least 1800 (RFC 9051 §5.4)")
+    submission = settings.submission
+    _check_listener(
+        submission, "submission", submission.enabled, ("max_connections_per_ip", "max_commands")
+    )
     wl = settings.whitelist
     if wl.source and "://" in wl.source and not wl.source.startswith("https://"):
         raise ConfigError(f"whitelist.source: {wl.source}: only https:// URLs or files")
@@ -421,6 +435,22 @@ def _check_values(settings: Settings) -> Settings:
     if settings.dkim.dns_timeout_seconds <= 0:
         raise ConfigError("dkim.dns_timeout_seconds: must be positive")
     return settings
+
+
+def _check_listener(
+    section: RelaySettings | ImapSettings | SubmissionSettings,
+    name: str,
+    enabled: bool,
+    at_least_one: tuple[str, ...],
+) -> None:
+    """A listener's addresses (when it is enabled) and its limits of at least 1."""
+    if enabled:
+        parse_host_port(section.listen, f"{name}.listen")
+        if section.implicit_tls_listen:
+            parse_host_port(section.implicit_tls_listen, f"{name}.implicit_tls_listen")
+    for key in ("max_connections", *at_least_one):
+        if getattr(section, key) < 1:
+            raise ConfigError(f"{name}.{key}: must be at least 1")
 
 
 def parse_host_port(text: str, key: str) -> tuple[str, int]:
@@ -459,6 +489,22 @@ def check_files(settings: Settings) -> None:
             raise ConfigError(f"pki.crls[{index}]: {crl}: no such file")
         if "://" in crl and not crl.startswith(("http://", "https://")):
             raise ConfigError(f"pki.crls[{index}]: {crl}: only http:// and https:// URLs")
+    submission = settings.submission
+    if submission.enabled:
+        parse_host_port(submission.listen, "submission.listen")
+        if submission.implicit_tls_listen:
+            parse_host_port(submission.implicit_tls_listen, "submission.implicit_tls_listen")
+    for key in (
+        "max_connections",
+        "max_connections_per_ip",
+        "max_commands",
+        "max_recipients",
+        "idle_timeout_seconds",
+    ):
+        if getattr(submission, key) < 1:
+            raise ConfigError(f"submission.{key}: must be at least 1")
+    if submission.max_line_length < 1000:
+        raise ConfigError("submission.max_line_length: must be at least 1000 (RFC 5321 §4.5.3.1.6)")
     wl = settings.whitelist
     if wl.source and "://" not in wl.source and not Path(wl.source).is_file():
         # A missing list file is only fatal when no cached copy exists either (checked at

@@ -117,6 +117,11 @@ enabled = true
 listen = "127.0.0.1:{port_base + PORT_OFFSETS["imap"]}"
 implicit_tls_listen = "127.0.0.1:{port_base + PORT_OFFSETS["imaps"]}"
 
+[submission]
+enabled = true
+listen = "127.0.0.1:{port_base + PORT_OFFSETS["submission"]}"
+implicit_tls_listen = "127.0.0.1:{port_base + PORT_OFFSETS["smtps"]}"
+
 [whitelist]
 source = "whitelist.xml"
 """
@@ -294,14 +299,31 @@ def _print_summary(info: dict[str, Any]) -> None:
             f"  swaks --server {host} --port {port} --tls --tls-cert {peer['cert']} \\",
             f"        --tls-key {peer['key']} --from {peer['sender']} --to {first}",
         ]
+    submission = info["listeners"].get("submission")
+    if submission:
+        host, port = submission.rsplit(":", 1)
+        box = info["mailboxes"][0]
+        to = info["mailboxes"][1]["address"]
+        lines += [
+            "",
+            f"Send a message as {box['address']} (submission, AUTH after STARTTLS):",
+            f"  swaks --server {host} --port {port} --tls --auth PLAIN \\",
+            f"        --auth-user {box['address']} --auth-password '{box['password']}' \\",
+            f"        --from {box['address']} --to {to}",
+        ]
     imaps = info["listeners"].get("imaps")
     imap = info["listeners"].get("imap")
     if imaps or imap:
         lines += ["", "Thunderbird (docs/demo.md): server 127.0.0.1, normal password,"]
         if imaps:
-            lines.append(f"  port {imaps.rsplit(':', 1)[1]} with SSL/TLS")
+            lines.append(f"  IMAP port {imaps.rsplit(':', 1)[1]} with SSL/TLS")
         if imap:
             lines.append(f"  or port {imap.rsplit(':', 1)[1]} with STARTTLS")
+        smtps = info["listeners"].get("smtps")
+        if smtps:
+            lines.append(f"  SMTP port {smtps.rsplit(':', 1)[1]} with SSL/TLS")
+        if submission:
+            lines.append(f"  or port {submission.rsplit(':', 1)[1]} with STARTTLS")
         lines.append(f"  trust {info['ca']} or accept the certificate exception")
     lines += [
         "",

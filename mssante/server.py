@@ -20,9 +20,11 @@ from mssante import metrics
 from mssante.config import Settings, parse_host_port
 from mssante.logs import event
 from mssante.operator.auditlog import AuditSink
+from mssante.operator.auth import Authenticator
 from mssante.operator.delivery import Delivery
 from mssante.operator.imap.server import ImapServer
 from mssante.operator.smtp.relay import RelayServer
+from mssante.operator.smtp.submission import Directory, Outbox, SubmissionServer
 from mssante.operator.store.crypto import BlobCipher
 from mssante.operator.store.db import Store, mask_url
 from mssante.operator.store.migrate import check_schema
@@ -68,15 +70,25 @@ class Running:
     """Closed in reverse order at stop, after the listeners (e.g. drain pending deliveries)."""
     relay: RelayServer | None = None
     imap: ImapServer | None = None
+    submission: SubmissionServer | None = None
     audit: AuditSink | None = None
     """One audit sink for every listener, started with the first that needs it."""
+    delivery: Delivery | None = None
+    """One local delivery path (and group-commit task) for the relay and submission."""
+    whitelist: WhitelistStore | None = None
+    auth: Authenticator | None = None
+    """One failed-login slow-down for IMAP and submission."""
 
 
 def open_cipher(settings: Settings) -> BlobCipher:
     return BlobCipher.from_text(settings.storage.keys, settings.storage.current_key_id)
 
 
-async def start(settings: Settings) -> Running:
+async def start(
+    settings: Settings, *, outbox: Outbox | None = None, directory: Directory | None = None
+) -> Running:
+    """`outbox`, `directory`: the outbound queue and the directory mirror submission uses
+    (without an outbox, remote recipients are refused with 451 4.3.0)."""
     url = settings.database_url
     await check_schema(url)
     store = await Store.open(url, open_cipher(settings))
@@ -84,6 +96,13 @@ async def start(settings: Settings) -> Running:
     try:
         pki = await Pki.load(settings.pki, settings.crl_cache_dir)
         running = Running(settings, store, pki)
+        imap = settings.imap
+        running.auth = Authenticator(
+            store,
+            pki,
+            free_failures=imap.login_failures_before_delay,
+            max_delay=float(imap.login_delay_max_seconds),
+        )
         running.tasks.append(
             asyncio.create_task(
                 pki.crls.run_periodic(settings.pki.crl_refresh_seconds), name="crl-refresh"
@@ -99,6 +118,8 @@ async def start(settings: Settings) -> Running:
             await _start_relay(running)
         if settings.imap.enabled:
             await _start_imap(running)
+        if settings.submission.enabled:
+            await _start_submission(running, outbox, directory)
     except BaseException:
         await _shutdown(running, store)
         raise
@@ -132,26 +153,68 @@ def whitelist_store(settings: Settings) -> WhitelistStore:
     )
 
 
+async def _whitelist(running: Running) -> WhitelistStore:
+    if running.whitelist is None:
+        settings = running.settings
+        wl = settings.whitelist
+        whitelist = whitelist_store(settings)
+        await whitelist.load()
+        if wl.source:
+            running.tasks.append(
+                asyncio.create_task(whitelist.run_periodic(wl.refresh_seconds), name="whitelist")
+            )
+        else:
+            log.warning("no whitelist.source configured: every peer operator will be refused")
+        running.whitelist = whitelist
+    return running.whitelist
+
+
+async def _delivery(running: Running) -> Delivery:
+    if running.delivery is None:
+        delivery = Delivery(running.store, running.settings)
+        await delivery.start()
+        running.closers.append(delivery.close)
+        running.delivery = delivery
+    return running.delivery
+
+
 async def _start_relay(running: Running) -> None:
     settings = running.settings
-    wl = settings.whitelist
-    whitelist = whitelist_store(settings)
-    await whitelist.load()
-    if wl.source:
-        running.tasks.append(
-            asyncio.create_task(whitelist.run_periodic(wl.refresh_seconds), name="whitelist")
-        )
-    else:
-        log.warning("no whitelist.source configured: every peer operator will be refused")
+    whitelist = await _whitelist(running)
     sink = await _audit_sink(running)
-    delivery = Delivery(running.store, settings)
-    await delivery.start()
-    running.closers.append(delivery.close)
+    delivery = await _delivery(running)
     relay = RelayServer(settings, running.pki, whitelist, delivery, sink)
     listeners = await relay.start(settings.relay.listen, settings.relay.implicit_tls_listen)
     running.servers.extend(relay.servers)
     running.listeners.update(listeners)
     running.relay = relay
+
+
+async def _start_submission(
+    running: Running, outbox: Outbox | None, directory: Directory | None
+) -> None:
+    settings = running.settings
+    whitelist = await _whitelist(running)
+    sink = await _audit_sink(running)
+    delivery = await _delivery(running)
+    assert running.auth is not None
+    await running.auth.dummy_hash()
+    submission = SubmissionServer(
+        settings,
+        running.store,
+        running.pki,
+        whitelist,
+        delivery,
+        sink,
+        running.auth,
+        outbox=outbox,
+        directory=directory,
+    )
+    config = settings.submission
+    listeners = await submission.start(config.listen, config.implicit_tls_listen)
+    running.servers.extend(submission.servers)
+    running.listeners.update(listeners)
+    running.submission = submission
 
 
 async def _audit_sink(running: Running) -> AuditSink:
@@ -166,7 +229,7 @@ async def _audit_sink(running: Running) -> AuditSink:
 async def _start_imap(running: Running) -> None:
     settings = running.settings
     sink = await _audit_sink(running)
-    imap = ImapServer(settings, running.store, running.pki, sink)
+    imap = ImapServer(settings, running.store, running.pki, sink, authenticator=running.auth)
     running.closers.append(imap.close)  # after the audit sink's: closers run in reverse
     listeners = await imap.start(settings.imap.listen, settings.imap.implicit_tls_listen)
     running.servers.extend(imap.servers)

@@ -41,6 +41,8 @@ def test_minimal_file_gets_documented_defaults() -> None:
     assert s.crl_cache_dir == Path("/etc/m/data/crl")
     assert s.logging.format == "kv"
     assert s.metrics.listen == "127.0.0.1:9180"
+    assert (s.submission.listen, s.submission.implicit_tls_listen) == ("0.0.0.0:587", "0.0.0.0:465")
+    assert s.submission.save_sent and s.submission.check_directory
 
 
 @pytest.mark.parametrize(
@@ -63,6 +65,14 @@ def test_minimal_file_gets_documented_defaults() -> None:
         ("[metrics]\nlisten = 'localhost'\n", r"metrics\.listen: expected HOST:PORT"),
         ("[pki.crls]\n", r"pki\.crls: expected a list of string, got table"),
         ("[database]\nurl = ['x']\n", r"database\.url: expected a string, got array"),
+        ("[submission]\nlisten = '587'\n", r"submission\.listen: expected HOST:PORT"),
+        ("[submission]\nimplicit_tls_listen = 'x'\n", r"submission\.implicit_tls_listen"),
+        ("[submission]\nmax_recipients = 0\n", r"submission\.max_recipients: must be at least 1"),
+        ("[submission]\nmax_connections_per_ip = 0\n", r"submission\.max_connections_per_ip"),
+        ("[submission]\nmax_line_length = 999\n", r"submission\.max_line_length: must be at"),
+        ("[submission]\nsave_sent = 1\n", r"submission\.save_sent: expected a boolean"),
+        ("[relay]\nmax_commands = 0\n", r"relay\.max_commands: must be at least 1"),
+        ("[imap]\nmax_connections = 0\n", r"imap\.max_connections: must be at least 1"),
     ],
 )
 def test_type_and_key_errors_name_the_key(extra: str, message: str) -> None:

@@ -90,6 +90,8 @@ def test_demo_starts_describes_itself_and_stops_cleanly(demo_dir: Path) -> None:
         listeners = info["listeners"]
         assert isinstance(listeners, dict)
         assert listeners["metrics"] == f"127.0.0.1:{base + 80}"
+        assert listeners["submission"] == f"127.0.0.1:{base + 587}"
+        assert listeners["smtps"] == f"127.0.0.1:{base + 465}"
         with urllib.request.urlopen(f"http://{listeners['metrics']}/metrics", timeout=5) as r:
             body = r.read().decode()
         assert "mssante_build_info" in body

@@ -38,7 +38,7 @@ def _config(write_config: ConfigWriter, url: str, port: int) -> Path:
         pki=f"crls = {json.dumps(crls)}",
         extra=(
             f'[logging]\nformat = "json"\n[metrics]\nlisten = "127.0.0.1:{port}"\n'
-            "[relay]\nenabled = false\n[imap]\nenabled = false\n"
+            "[relay]\nenabled = false\n[imap]\nenabled = false\n[submission]\nenabled = false\n"
         ),
     )
 

@@ -1,6 +1,6 @@
 """Local delivery: from "message accepted" to "message durably in every recipient's INBOX".
 
-One path, used by the relay listener (and later by submission for local recipients):
+One path, used by the relay listener and by submission for local recipients:
 
 1. `check_recipient` at RCPT: the address must be an active mailbox we host, not over quota.
 2. `deliver` at the end of DATA prepares everything outside any transaction: splits the
@@ -115,6 +115,7 @@ class SessionInfo:
     tls_version: str | None
     tls_cipher: str | None
     peer_dn: str | None  # verified peer certificate subject DN
+    authenticated: bool = False  # an authenticated submission (named "authenticated" only)
 
 
 @dataclass(frozen=True)
@@ -209,6 +210,9 @@ def _received_lines(info: SessionInfo, hostname: str) -> tuple[str, ...]:
         comment.append(tls)
     if info.peer_dn:
         comment.append(f'peer DN "{_dn_in_comment(info.peer_dn)}"')
+    if info.authenticated:
+        # RFC 3848 ESMTPSA says it too; who logged in stays in the audit trail (RFC 6409 §8).
+        comment.append("authenticated")
     if comment:
         lines.append("\t(" + "; ".join(comment) + ")")
     protocol = info.protocol if re.fullmatch(r"[A-Za-z0-9-]{1,32}", info.protocol) else "SMTP"
@@ -286,6 +290,7 @@ class _Prepared:
     envelope: InboundEnvelope
     session: SessionInfo
     targets: tuple[tuple[Recipient, DeliveryTarget], ...]  # one per mailbox
+    sent_folder: int | None  # submission: the sender's Sent folder, for a \Seen copy
     blob: SealedBlob
     size: int
     meta: SealedRecord
@@ -296,23 +301,30 @@ class _Prepared:
 async def _store_batch(session: AsyncSession, items: Sequence[_Prepared]) -> list[DeliveryReport]:
     """Write prepared deliveries in the caller's transaction; reports in the same order."""
     ids = await blobs.put_sealed_with_meta(session, [(p.blob, p.size, p.meta) for p in items])
-    stored = await messages.append_messages(
-        session,
-        [
+    new: list[messages.NewMessage] = []
+    for p in items:
+        new += [
             messages.NewMessage(
                 folder_id=target.inbox_id or 0,
                 blob_id=ids[p.blob.digest],
                 size=p.size,
                 internal_date=p.received_at,
             )
-            for p in items
             for _, target in p.targets
-        ],
-    )
+        ]
+        if p.sent_folder is not None:
+            new.append(
+                messages.NewMessage(
+                    folder_id=p.sent_folder,
+                    blob_id=ids[p.blob.digest],
+                    size=p.size,
+                    internal_date=p.received_at,
+                    flags=("\\Seen",),
+                )
+            )
+    stored = await messages.append_messages(session, new)
     # IDLE sessions of every process learn of the new messages at commit (store/notify.py).
-    await folders_changed(
-        session, {t.inbox_id for p in items for _, t in p.targets if t.inbox_id is not None}
-    )
+    await folders_changed(session, {m.folder_id for m in stored})
     reports: list[DeliveryReport] = []
     requests: list[dsn.NewDsnRequest] = []
     traces: list[audit.Trace] = []
@@ -321,7 +333,7 @@ async def _store_batch(session: AsyncSession, items: Sequence[_Prepared]) -> lis
         blob_id = ids[p.blob.digest]
         envelope = p.envelope
         mine = stored[position : position + len(p.targets)]
-        position += len(p.targets)
+        position += len(p.targets) + (p.sent_folder is not None)
         for (recipient, target), message in zip(p.targets, mine, strict=True):
             if (
                 recipient.notify is not None
@@ -456,14 +468,25 @@ class Delivery:
     # --- DATA ---------------------------------------------------------------------------------
 
     async def deliver(
-        self, envelope: InboundEnvelope, data: bytes, session: SessionInfo
+        self,
+        envelope: InboundEnvelope,
+        data: bytes,
+        session: SessionInfo,
+        *,
+        traced: bool = False,
+        sent_folder: int | None = None,
     ) -> DeliveryReport:
         """`data` is the message as received (CRLF lines, dot-unstuffed). Returns only once
         the delivery is committed durably (then the caller sends 250). MailError(451 4.3.0)
-        on a database failure (nothing half-stored), MailError for anything else refused."""
+        on a database failure (nothing half-stored), MailError for anything else refused.
+
+        Submission passes `traced` (its message already carries our Received field, and
+        there is no DKIM verdict to give on our own user's message) and `sent_folder`, where
+        a copy marked \\Seen is stored in the same transaction; its envelope may then have
+        no local recipient at all."""
         if self._committer.closing:
             raise temporary_failure("shutting_down")
-        _check_envelope(envelope)
+        _check_envelope(envelope, allow_empty=sent_folder is not None)
         limit = self._settings.storage.max_message_size
         if len(data) > limit:
             raise too_big(limit)
@@ -478,7 +501,9 @@ class Delivery:
             if target.mailbox_id not in seen:
                 seen.add(target.mailbox_id)
                 targets.append((recipient, target))
-        prepared = await self._prepare(envelope, data, session, tuple(targets))
+        prepared = await self._prepare(
+            envelope, data, session, tuple(targets), traced=traced, sent_folder=sent_folder
+        )
         if self._committer.closing:  # close() was called while this one was being prepared
             raise temporary_failure("shutting_down")
         return await self._committer.submit(prepared)
@@ -489,15 +514,23 @@ class Delivery:
         data: bytes,
         info: SessionInfo,
         targets: tuple[tuple[Recipient, DeliveryTarget], ...],
+        *,
+        traced: bool,
+        sent_folder: int | None,
     ) -> _Prepared:
         header = mime.split_header(data)
         verdict: DkimVerdict | None = None
-        if self._dkim is not None:
+        if self._dkim is not None and not traced:
             signatures = [f.value for f in header.fields if f.name == "dkim-signature"]
             verdict = await self._dkim.verify(data, signatures) if signatures else NO_SIGNATURE
         received_at = datetime.now(UTC)
-        prefix = authentication_results_field(self._hostname, verdict) + received_field(
-            info, self._hostname, [r.address for r in envelope.recipients], received_at
+        prefix = (
+            b""
+            if traced
+            else authentication_results_field(self._hostname, verdict)
+            + received_field(
+                info, self._hostname, [r.address for r in envelope.recipients], received_at
+            )
         )
         work = functools.partial(
             _assemble_and_seal, self._store.cipher, prefix, data, header, self._hostname
@@ -510,6 +543,7 @@ class Delivery:
             envelope=envelope,
             session=info,
             targets=targets,
+            sent_folder=sent_folder,
             blob=sealed,
             size=size,
             meta=meta,
@@ -533,9 +567,9 @@ class Delivery:
                     )
 
 
-def _check_envelope(envelope: InboundEnvelope) -> None:
+def _check_envelope(envelope: InboundEnvelope, *, allow_empty: bool = False) -> None:
     """Refuse what the listener should already have refused; the columns have these widths."""
-    if not envelope.recipients:
+    if not envelope.recipients and not allow_empty:
         raise MailError(554, "5.5.1", "No valid recipients", reason="no_recipients")
     bad = MailError(501, "5.5.4", "Invalid envelope parameters", reason="bad_envelope")
     if len(envelope.mail_from) > MAX_PATH or re.search(r"[\x00-\x1f]", envelope.mail_from):

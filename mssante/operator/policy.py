@@ -30,6 +30,11 @@ def tls_required() -> MailError:
     return MailError(530, "5.7.0", "Must issue a STARTTLS command first", reason="no_tls")
 
 
+def authentication_required() -> MailError:
+    # RFC 4954 §6: 530 5.7.0 "Authentication required" (submission, RFC 6409 §4.3).
+    return MailError(530, "5.7.0", "Authentication required", reason="no_auth")
+
+
 def client_certificate_missing() -> MailError:
     return MailError(
         530,
@@ -179,10 +184,15 @@ def route_recipient(
             reason="domain_not_whitelisted",
         )
     if in_directory is not None and not in_directory(str(parsed)):
-        return MailError(
-            550,
-            "5.1.1",
-            f"<{address}>: not in the national MSSante directory",
-            reason="not_in_directory",
-        )
+        return not_in_directory(address)
     return Route.REMOTE
+
+
+def not_in_directory(address: str) -> MailError:
+    """A remote recipient the national directory mirror does not list (issue 5 §3)."""
+    return MailError(
+        550,
+        "5.1.1",
+        f"<{address}>: not in the national MSSante directory",
+        reason="not_in_directory",
+    )

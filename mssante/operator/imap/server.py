@@ -7,17 +7,15 @@ import asyncio
 import collections
 import contextlib
 import logging
-import secrets
 
 from mssante.config import ImapSettings, Settings
 from mssante.logs import bind_session, event, new_session_id
 from mssante.operator.auditlog import AuditRecord, AuditSink
+from mssante.operator.auth import Authenticator
 from mssante.operator.imap import appender, responses
-from mssante.operator.imap.auth import LoginThrottle
 from mssante.operator.imap.limits import DEFAULT_LIMITS, Limits
 from mssante.operator.imap.notify import FolderWatcher
 from mssante.operator.imap.session import ImapSession
-from mssante.operator.passwords import hash_async
 from mssante.operator.store.db import Store
 from mssante.operator.store.schema import Outcome
 from mssante.pki.runtime import Pki
@@ -37,7 +35,9 @@ class ImapServer:
         audit_sink: AuditSink,
         *,
         idle_timeout: float | None = None,
+        authenticator: Authenticator | None = None,
     ) -> None:
+        """`authenticator`: the process's, shared with submission (server.py); else our own."""
         self.settings = settings
         self.store = store
         self.audit_sink = audit_sink
@@ -54,25 +54,20 @@ class ImapServer:
         # AUTHENTICATE EXTERNAL (external.py). Its dates are checked after the handshake by
         # Pki.validate, so that an expired certificate gets NO and an audit entry.
         self.tls_context = pki.server_context("optional", defer_validity_dates=True)
-        self.throttle = LoginThrottle(
-            config.login_failures_before_delay, float(config.login_delay_max_seconds)
+        self.auth = authenticator or Authenticator(
+            store,
+            pki,
+            free_failures=config.login_failures_before_delay,
+            max_delay=float(config.login_delay_max_seconds),
         )
         self.servers: list[asyncio.Server] = []
         self._per_ip: collections.Counter[str] = collections.Counter()
         self._total = 0
         self._sessions: dict[asyncio.Task[None], ImapSession] = {}
-        self._dummy: str | None = None
 
     @property
     def config(self) -> ImapSettings:
         return self.settings.imap
-
-    async def dummy_hash(self) -> str:
-        """A hash of a random password: verified for unknown users, so that their refusal
-        costs the same time as a wrong password (no enumeration by timing)."""
-        if self._dummy is None:
-            self._dummy = await hash_async(secrets.token_urlsafe(24))
-        return self._dummy
 
     def audit(
         self, session: ImapSession, name: str, outcome: Outcome, details: dict[str, object]
@@ -158,7 +153,7 @@ class ImapServer:
     async def start(self, listen: str, implicit_tls_listen: str) -> dict[str, str]:
         from mssante.server import listen_on  # one way to open a listener
 
-        await self.dummy_hash()
+        await self.auth.dummy_hash()
         await self.watcher.start()
         await self.appender.start()
         listeners: dict[str, str] = {}

@@ -21,7 +21,6 @@ import bisect
 import contextlib
 import logging
 import ssl
-import time
 from array import array
 from collections import deque
 from collections.abc import Iterable, Sequence
@@ -31,12 +30,10 @@ from typing import TYPE_CHECKING, Final, Literal
 from sqlalchemy.exc import SQLAlchemyError
 
 from mssante.logs import event
-from mssante.operator import metarecord
+from mssante.operator import auth, metarecord
 from mssante.operator.delivery import THREAD_THRESHOLD
 from mssante.operator.imap import (
     appender,
-    auth,
-    external,
     queries,
     quota,
     responses,
@@ -97,7 +94,6 @@ from mssante.operator.imap.reader import (
     TooBig,
 )
 from mssante.operator.imap.sequence import SequenceSet, compress
-from mssante.operator.passwords import verify_async
 from mssante.operator.store import blobmeta
 from mssante.operator.store import folders as store_folders
 from mssante.operator.store import messages as store_messages
@@ -106,10 +102,7 @@ from mssante.operator.store.crypto import BlobCipher, SealedBlob, SealedRecord
 from mssante.operator.store.errors import AlreadyExists, NotFound, StoreError
 from mssante.operator.store.notify import folders_changed
 from mssante.operator.store.schema import Outcome, SpecialUse, utcnow
-from mssante.pki.errors import ValidationError
-from mssante.pki.identity import identity_of
 from mssante.pki.tls import peer_identity
-from mssante.pki.validation import Purpose
 
 if TYPE_CHECKING:
     from cryptography import x509
@@ -123,7 +116,6 @@ READ_SIZE: Final = 65536
 DELIMITER: Final = "/"
 SHARED_PREFIX: Final = "Shared"  # rfc/2342 other users' / shared namespace (issue 4 §5)
 PERMANENT_FLAGS: Final = (*fetch_items.SYSTEM_FLAGS, "\\*")
-MAX_USERNAME: Final = 320  # rfc/5321 §4.5.3.1: the longest address
 # A FETCH is read, decrypted and sent in batches: memory stays bounded whatever the set (a
 # client may ask 1:* BODY[] of a mailbox of gigabytes), other sessions run between batches,
 # and the client receives the first responses while the next batch is read.
@@ -674,49 +666,25 @@ class ImapSession:
         certificate maps to); the credentials are the TLS client certificate."""
         self._resume_if_paused()
         try:
-            authzid = data.decode("utf-8").strip().lower()[:MAX_USERNAME]
+            authzid = data.decode("utf-8")
         except UnicodeDecodeError:
             await self._bad(tag, "malformed EXTERNAL response (rfc 4422)")
             return
         server = self.server
-        cert = self._client_certificate()
-        identity = identity_of(cert) if cert is not None else None
-        subject = identity.subject_dn if identity is not None else None
-        fingerprint = identity.sha256 if identity is not None else None
-        # The slow-down's keys: the mailbox named, else the certificate, and the address.
-        named = authzid or fingerprint
-        keys = ("user:" + named, "ip:" + self.peer_ip) if named else ("ip:" + self.peer_ip,)
-        delay = server.throttle.delay(keys, time.monotonic())
-        if delay:
-            await asyncio.sleep(delay)
-        verdict: queries.Account | str
-        if cert is None:
-            verdict = "no_certificate"
-        else:
-            try:
-                # The relay's validation path, for a professional's certificate (clientAuth).
-                validated = server.pki.validate(cert, Purpose.CLIENT)
-            except ValidationError as exc:
-                verdict = f"invalid_certificate:{exc.reason}"
-            else:
-                async with server.store.read_session() as session:
-                    found = await external.candidates(session, validated.identity)
-                verdict = external.choose(found, authzid)
-        details: dict[str, object] = {"mechanism": "EXTERNAL"}
-        if subject is not None:
-            details |= {"subject": subject, "fingerprint": fingerprint}
-        if isinstance(verdict, str):
-            server.throttle.failed(keys, time.monotonic())
+        login = await server.auth.certificate(self._client_certificate(), authzid, self.peer_ip)
+        details: dict[str, object] = {"mechanism": "EXTERNAL", **login.details}
+        if login.account is None:
             server.audit(
-                self, "imap.login", Outcome.REFUSED, {"user": authzid, "reason": verdict, **details}
+                self,
+                "imap.login",
+                Outcome.REFUSED,
+                {"user": login.user, "reason": login.reason, **details},
             )
             await self._send(
                 responses.tagged(tag, "NO", "Authentication failed", responses.AUTHENTICATIONFAILED)
             )
             return
-        if named:
-            server.throttle.succeeded(keys[0])
-        await self._logged_in(tag, verdict, details)
+        await self._logged_in(tag, login.account, details)
 
     async def _plain(self, tag: str, data: bytes) -> None:
         self._resume_if_paused()
@@ -748,35 +716,17 @@ class ImapSession:
 
     async def _verify(self, tag: str, username: str, password: str, mechanism: str) -> None:
         server = self.server
-        name = username.strip().lower()[:MAX_USERNAME]
-        keys = ("user:" + name, "ip:" + self.peer_ip)
-        delay = server.throttle.delay(keys, time.monotonic())
-        if delay:
-            await asyncio.sleep(delay)
-        async with server.store.read_session() as session:
-            account = await queries.find_account(session, name)
-        stored = account.password_hash if account is not None else None
-        # The same argon2 work whether the account exists or not: no enumeration by timing.
-        ok = await verify_async(stored or await server.dummy_hash(), password)
-        if account is None or stored is None or not ok:
-            server.throttle.failed(keys, time.monotonic())
-            reason = (
-                "unknown_user"
-                if account is None
-                else "no_password"
-                if stored is None
-                else "bad_password"
-            )
+        login = await server.auth.password(username, password, self.peer_ip)
+        if login.account is None:
             server.audit(
                 self, "imap.login", Outcome.REFUSED,
-                {"user": name, "mechanism": mechanism, "reason": reason},
+                {"user": login.user, "mechanism": mechanism, "reason": login.reason},
             )  # fmt: skip
             await self._send(
                 responses.tagged(tag, "NO", "Authentication failed", responses.AUTHENTICATIONFAILED)
             )
             return
-        server.throttle.succeeded(keys[0])
-        await self._logged_in(tag, account, {"mechanism": mechanism})
+        await self._logged_in(tag, login.account, {"mechanism": mechanism})
 
     async def _logged_in(
         self, tag: str, account: queries.Account, details: dict[str, object]

@@ -176,3 +176,15 @@ async def list_folders(session: AsyncSession, mailbox_id: int) -> list[Folder]:
         select(FolderRow).where(FolderRow.mailbox_id == mailbox_id).order_by(FolderRow.name)
     )
     return [_folder(row) for row in result.scalars()]
+
+
+async def special_use_folder(session: AsyncSession, mailbox_id: int, use: SpecialUse) -> int | None:
+    """The id of the mailbox's folder with this special use (RFC 6154), the first by name if
+    a client marked several, None if it has none."""
+    found = await session.scalars(
+        select(FolderRow.id)
+        .where(FolderRow.mailbox_id == mailbox_id, FolderRow.special_use == use.value)
+        .order_by(FolderRow.name)
+        .limit(1)
+    )
+    return found.first()

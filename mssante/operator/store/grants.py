@@ -17,7 +17,7 @@ from sqlalchemy.orm import aliased
 from mssante.operator.store import _sql
 from mssante.operator.store.errors import NotFound
 from mssante.operator.store.mailboxes import get_mailbox
-from mssante.operator.store.schema import GrantRow, MailboxRow, utcnow
+from mssante.operator.store.schema import GrantRow, MailboxRow, MailboxState, utcnow
 
 
 @dataclass(frozen=True)
@@ -107,3 +107,18 @@ async def list_for_grantee(session: AsyncSession, grantee: str) -> list[Grant]:
     """Which other mailboxes this mailbox's holder may open."""
     box = await get_mailbox(session, grantee)
     return await _select(session, GrantRow.grantee_id == box.id)
+
+
+async def send_as_owners(session: AsyncSession, grantee_id: int) -> list[str]:
+    """The active mailboxes whose grant lets this mailbox's holder send as them (submission)."""
+    rows = await session.scalars(
+        select(_Owner.address)
+        .join(GrantRow, GrantRow.owner_id == _Owner.id)
+        .where(
+            GrantRow.grantee_id == grantee_id,
+            GrantRow.can_send_as.is_(True),
+            _Owner.state == MailboxState.ACTIVE.value,
+        )
+        .order_by(_Owner.address)
+    )
+    return list(rows)

@@ -89,7 +89,8 @@ async def imap(store_url: str, write_config: ConfigWriter, tmp_path: Path) -> As
         database_url=store_url,
         pki=f"crls = {json.dumps(crls)}",
         extra=(
-            "[metrics]\nenabled = false\n[relay]\nenabled = false\n[dkim]\nverify = false\n"
+            "[metrics]\nenabled = false\n[relay]\nenabled = false\n"
+            "[submission]\nenabled = false\n[dkim]\nverify = false\n"
             f'[imap]\nenabled = true\nlisten = "127.0.0.1:{port}"\n'
             f'implicit_tls_listen = "127.0.0.1:{tls_port}"\nlogin_failures_before_delay = 50\n'
         ),

@@ -121,7 +121,8 @@ async def _operator(store_url: str, write_config: ConfigWriter, poll: float) -> 
     path = write_config(
         database_url=store_url,
         extra=(
-            "[metrics]\nenabled = false\n[relay]\nenabled = false\n[dkim]\nverify = false\n"
+            "[metrics]\nenabled = false\n[relay]\nenabled = false\n"
+            "[submission]\nenabled = false\n[dkim]\nverify = false\n"
             f'[imap]\nenabled = true\nlisten = "127.0.0.1:{port}"\n'
             f'implicit_tls_listen = "127.0.0.1:{tls_port}"\nidle_poll_seconds = {poll}\n'
         ),

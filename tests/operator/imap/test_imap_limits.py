@@ -73,7 +73,8 @@ async def server(store_url: str, write_config: ConfigWriter) -> AsyncIterator[Se
     path = write_config(
         database_url=store_url,
         extra=(
-            "[metrics]\nenabled = false\n[relay]\nenabled = false\n[dkim]\nverify = false\n"
+            "[metrics]\nenabled = false\n[relay]\nenabled = false\n"
+            "[submission]\nenabled = false\n[dkim]\nverify = false\n"
             f'[imap]\nenabled = true\nlisten = "127.0.0.1:{port}"\n'
             f'implicit_tls_listen = "127.0.0.1:{tls_port}"\n'
             "max_connections = 4\nmax_connections_per_ip = 2\n"

@@ -62,7 +62,8 @@ async def imap(store_url: str, write_config: ConfigWriter) -> AsyncIterator[Imap
     path = write_config(
         database_url=store_url,
         extra=(
-            "[metrics]\nenabled = false\n[relay]\nenabled = false\n[dkim]\nverify = false\n"
+            "[metrics]\nenabled = false\n[relay]\nenabled = false\n"
+            "[submission]\nenabled = false\n[dkim]\nverify = false\n"
             f'[imap]\nenabled = true\nlisten = "127.0.0.1:{port}"\n'
             f'implicit_tls_listen = "127.0.0.1:{tls_port}"\nlogin_failures_before_delay = 20\n'
         ),

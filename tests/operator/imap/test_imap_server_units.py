@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from mssante.operator.imap.auth import LoginThrottle, PlainCredentials, decode_plain
+from mssante.operator.auth import LoginThrottle, PlainCredentials, decode_plain
 from mssante.operator.imap.session import (
     _batches,
     _in_runs,

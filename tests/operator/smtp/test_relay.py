@@ -112,6 +112,8 @@ async def running_relay(
 enabled = false
 [imap]
 enabled = false
+[submission]
+enabled = false
 [relay]
 listen = "127.0.0.1:{port}"
 max_recipients = {MAX_RECIPIENTS}

@@ -64,6 +64,8 @@ def operator_config(write_config: ConfigWriter) -> Iterator[tuple[Path, int]]:
 enabled = false
 [imap]
 enabled = false
+[submission]
+enabled = false
 [relay]
 listen = "127.0.0.1:{port}"
 [whitelist]
