@@ -21,7 +21,6 @@ import bisect
 import contextlib
 import logging
 import ssl
-from array import array
 from collections import deque
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -94,6 +93,7 @@ from mssante.operator.imap.reader import (
     TooBig,
 )
 from mssante.operator.imap.sequence import SequenceSet, compress
+from mssante.operator.imap.uidview import UidView
 from mssante.operator.store import blobmeta
 from mssante.operator.store import folders as store_folders
 from mssante.operator.store import messages as store_messages
@@ -276,11 +276,10 @@ def _in_runs(value: int, merged: Sequence[tuple[int, int]], starts: Sequence[int
     return index >= 0 and value <= merged[index][1]
 
 
-def _snapshot(uids: Iterable[int]) -> array[int]:
-    """A session's view of its selected folder (sequence number n is the n-th UID), as 32-bit
-    unsigned integers (rfc/3501 §9 uniqueid): 4 octets per message instead of a list's 36, which
-    is most of what an idle session on a large folder costs."""
-    return array("I", uids)
+def _snapshot(uids: Iterable[int]) -> UidView:
+    """A session's view of its selected folder (sequence number n is the n-th UID), as runs
+    of consecutive UIDs (uidview.py): what an idle session on a large folder holds for days."""
+    return UidView(uids)
 
 
 def _batches(uids: Sequence[int], sizes: dict[int, int]) -> list[list[int]]:
@@ -327,7 +326,7 @@ class ImapSession:
         self.commands = CommandReader(server.limits)
         self.account: queries.Account | None = None
         self.selected: Selected | None = None
-        self.uids: array[int] = _snapshot(())
+        self.uids: UidView = _snapshot(())
         self.condstore = False  # rfc/7162 §3.1: enabled by ENABLE or a CONDSTORE command
         self.qresync = False  # rfc/7162 §3.2.3: enabled by ENABLE QRESYNC only
         # rfc/9051 §2.1 / App. E: IMAP4rev1 behaviour until ENABLE IMAP4rev2; then mailbox
@@ -1373,7 +1372,7 @@ class ImapSession:
             return
         account = self.account
         reader = None if selected.access is None or account is None else account.mailbox_id
-        ctx = queries.SearchContext(tuple(self.uids), reader_id=reader, saved=tuple(self.saved))
+        ctx = queries.SearchContext(self.uids, reader_id=reader, saved=tuple(self.saved))
         with_modseq = any(_has_modseq(k) for k in cmd.criteria)
         if with_modseq:
             self.condstore = True  # rfc/7162 §3.1: a CONDSTORE-enabling command
