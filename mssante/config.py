@@ -129,6 +129,24 @@ class DkimSettings:
 
 
 @dataclass(frozen=True)
+class OutboundSettings:
+    """The SMTP client to peer operators (docs/outbound.md)."""
+
+    routes: dict[str, str] = field(default_factory=dict)
+    """Mail domain → HOST:PORT, used instead of the MX lookup (tests, private networks)."""
+    mx_port: int = 25
+    """The port of the hosts found by MX lookup (RFC 5321 §4.5.4.2: 25)."""
+    max_connections_per_destination: int = 4
+    max_messages_per_connection: int = 100
+    connect_timeout_seconds: float = 30.0
+    command_timeout_seconds: float = 300.0
+    """Each reply (greeting, EHLO, STARTTLS, MAIL, RCPT…): RFC 5321 §4.5.3.2 asks 5 minutes."""
+    data_timeout_seconds: float = 600.0
+    """The reply to the end of the message: RFC 5321 §4.5.3.2.6 asks 10 minutes."""
+    dns_timeout_seconds: float = 10.0
+
+
+@dataclass(frozen=True)
 class PkiSettings:
     trust_anchors: Path
     certificate: Path
@@ -165,6 +183,7 @@ class Settings:
     imap: ImapSettings = field(default_factory=ImapSettings)
     whitelist: WhitelistSettings = field(default_factory=WhitelistSettings)
     dkim: DkimSettings = field(default_factory=DkimSettings)
+    outbound: OutboundSettings = field(default_factory=OutboundSettings)
     source: Path = Path(DEFAULT_CONFIG_NAME)
     """The file these settings were read from (not a key of the file)."""
 
@@ -425,6 +444,7 @@ def _check_values(settings: Settings) -> Settings:
     if wl.refresh_seconds < 60:
         raise ConfigError("whitelist.refresh_seconds: must be at least 60")
     _check_dkim(settings.dkim)
+    _check_outbound(settings.outbound)
     return settings
 
 
@@ -463,6 +483,26 @@ def _check_dkim(dkim: DkimSettings) -> None:
     for index, domain in enumerate(dkim.domains):
         if not valid_dns_name(domain.rstrip(".")) or "." not in domain.strip("."):
             raise ConfigError(f"dkim.domains[{index}]: {domain!r} is not a domain name")
+
+
+def _check_outbound(outbound: OutboundSettings) -> None:
+    for domain, target in outbound.routes.items():
+        if not valid_dns_name(domain.rstrip(".")):
+            raise ConfigError(f"outbound.routes: {domain!r} is not a domain name")
+        parse_host_port(target, f"outbound.routes.{domain}")
+    if not 0 < outbound.mx_port < 65536:
+        raise ConfigError("outbound.mx_port: must be a port number (1-65535)")
+    for key in ("max_connections_per_destination", "max_messages_per_connection"):
+        if getattr(outbound, key) < 1:
+            raise ConfigError(f"outbound.{key}: must be at least 1")
+    for key in (
+        "connect_timeout_seconds",
+        "command_timeout_seconds",
+        "data_timeout_seconds",
+        "dns_timeout_seconds",
+    ):
+        if getattr(outbound, key) <= 0:
+            raise ConfigError(f"outbound.{key}: must be positive")
 
 
 def parse_host_port(text: str, key: str) -> tuple[str, int]:
