@@ -31,7 +31,6 @@ import contextlib
 import itertools
 import logging
 import random
-import ssl
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -455,29 +454,33 @@ class OutboundClient:
                         reason="no_starttls",
                     ),
                 )
-            await smtp.starttls(tls_context=self._tls, server_hostname=target.host)
-        except aiosmtplib.SMTPResponseException as exc:
+        except aiosmtplib.SMTPResponseException as exc:  # a greeting or EHLO refusal
             smtp.close()
             return _connection_lost(f"{where} answered {_reply(exc.code, exc.message)}")
-        except (ssl.SSLError, aiosmtplib.SMTPConnectError) as exc:
-            cause = exc.__cause__ if isinstance(exc.__cause__, ssl.SSLError) else exc
-            smtp.close()
-            if isinstance(cause, ssl.SSLError) or "SSL" in str(exc) or "certificate" in str(exc):
-                return self._refused(
-                    domain,
-                    target,
-                    None,
-                    MailError(
-                        451,
-                        "4.7.5",  # RFC 3463: cryptographic failure
-                        f"TLS with {where} failed: {str(cause)[:200]}",
-                        reason="tls_handshake",
-                    ),
-                )
-            return _connection_lost(f"cannot connect to {where}: {str(exc)[:200]}")
         except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
             smtp.close()
             return _connection_lost(f"cannot connect to {where}: {type(exc).__name__} {exc}"[:300])
+        try:
+            await smtp.starttls(tls_context=self._tls, server_hostname=target.host)
+        except aiosmtplib.SMTPResponseException as exc:
+            smtp.close()
+            return _connection_lost(f"{where} refused STARTTLS: {_reply(exc.code, exc.message)}")
+        except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
+            # OpenSSL refused the peer's chain (unknown CA, expired…) or the peer refused ours
+            # or our TLS profile: either way no mail goes there. ssl.SSLError is an OSError.
+            smtp.close()
+            cause = exc.__cause__ or exc
+            return self._refused(
+                domain,
+                target,
+                None,
+                MailError(
+                    451,
+                    "4.7.5",  # RFC 3463: cryptographic failure
+                    f"TLS with {where} failed: {type(cause).__name__} {cause}"[:300],
+                    reason="tls_handshake",
+                ),
+            )
         judged = self._judge_peer(domain, target, smtp)
         if isinstance(judged, MailError):
             with contextlib.suppress(aiosmtplib.SMTPException, OSError, TimeoutError):
@@ -567,10 +570,11 @@ class OutboundClient:
             await self._transaction(conn, message, done)
         except _ConnectionLostError as exc:
             # Replies already received stand (a 550 at RCPT stays a failure); every other
-            # recipient is deferred: without the reply to the final dot nothing was delivered.
+            # recipient is deferred: without the reply to the final dot nothing is delivered.
+            # (`done` never holds a delivery here: the reply to the dot is the last step.)
             lost = _connection_lost(f"connection to {host} lost: {exc}")
             for r in message.recipients:
-                if r.address not in done or done[r.address].status is Status.DELIVERED:
+                if r.address not in done:
                     done[r.address] = _local(r.address, lost, remote_mta=host)
             conn.smtp.close()
         results = tuple(done[r.address] for r in message.recipients)

@@ -161,7 +161,7 @@ def test_dns_record_parses_and_carries_the_public_key(
     )
     rdataset = zone.find_rdataset(f"{SELECTOR}._domainkey.{DOMAIN}.", "TXT")
     (rdata,) = list(rdataset)
-    strings = rdata.strings  # type: ignore[attr-defined]
+    strings = rdata.strings
     assert all(len(s) <= 255 for s in strings)
     if kind == "rsa":
         assert len(strings) >= 2  # a 2048-bit key does not fit in one string

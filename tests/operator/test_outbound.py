@@ -21,6 +21,7 @@ import dns.rdata
 import dns.rdatatype
 import dns.rrset
 import pytest
+from aiosmtpd.smtp import SMTP, Envelope, Session
 from sqlalchemy import func, select
 
 from mssante.admin import Admin
@@ -40,9 +41,11 @@ from mssante.operator.outbound import (
     resolve_destination,
 )
 from mssante.operator.store import audit, mailboxes
+from mssante.operator.store.db import Store
 from mssante.operator.store.migrate import upgrade
 from mssante.operator.store.schema import DsnRequestRow, FolderRow, MessageRow
 from mssante.pki.runtime import Pki
+from mssante.pki.tls import server_context
 from mssante.server import Running, start, stop, whitelist_store
 
 FIXTURES = Path(__file__).parents[2] / "tls-fixtures"
@@ -177,7 +180,7 @@ class Sender:
 @contextlib.asynccontextmanager
 async def sender(
     write_config: ConfigWriter,
-    running: Running,
+    store: Store,
     routes: dict[str, int],
     *,
     outbound: str = "",
@@ -203,7 +206,7 @@ dns_timeout_seconds = 2
     pki = await Pki.load(settings.pki, settings.crl_cache_dir)
     whitelist = whitelist_store(settings)
     await whitelist.load()
-    sink = AuditSink(running.store)  # our audit trail, in the shared test database
+    sink = AuditSink(store)  # our audit trail, in the test database (shared with the peer)
     await sink.start()
     try:
         yield Sender(OutboundClient(settings, pki, whitelist, sink, resolver), sink, settings)
@@ -211,9 +214,9 @@ dns_timeout_seconds = 2
         await sink.close()
 
 
-async def audit_events(running: Running, sink: AuditSink, name: str) -> list[audit.AuditEvent]:
+async def audit_events(store: Store, sink: AuditSink, name: str) -> list[audit.AuditEvent]:
     await sink.flush()
-    async with running.store.session() as session:
+    async with store.session() as session:
         return await audit.recent(session, 200, name)
 
 
@@ -239,7 +242,7 @@ async def test_delivered_over_mutual_tls_and_dkim_verifies_on_arrival(
     boxes = (f"secretariat@{HOPITAL_A}", f"cardio@{HOPITAL_A}")
     async with (
         running_peer(store_url, tmp_path / "a", "peer-a", HOPITAL_A, boxes, dkim=dkim) as peer,
-        sender(write_config, peer.running, {HOPITAL_A: peer.port}) as ours,
+        sender(write_config, peer.running.store, {HOPITAL_A: peer.port}) as ours,
     ):
         signer = DkimSigner(load_signing_key(key), "s1", ["demo.mssante.test"])
         signed = await signer.sign(message(boxes[0]))
@@ -251,11 +254,11 @@ async def test_delivered_over_mutual_tls_and_dkim_verifies_on_arrival(
         assert first.remote_mta == "127.0.0.1" and first.dsn_passed
         for address in boxes:
             assert await peer.inbox_count(address) == 1
-        arrived = await audit_events(peer.running, ours.sink, "delivery.ok")
+        arrived = await audit_events(peer.running.store, ours.sink, "delivery.ok")
         assert {(e.details or {}).get("dkim") for e in arrived} == {"pass"}
         # The peer saw our certificate (mutual TLS): its Received names our DN.
         assert any(e.peer_dn and "mx.demo.mssante.test" in e.peer_dn for e in arrived)
-        ours_audit = await audit_events(peer.running, ours.sink, "outbound.delivered")
+        ours_audit = await audit_events(peer.running.store, ours.sink, "outbound.delivered")
         assert {e.target for e in ours_audit} == set(boxes)
 
 
@@ -267,7 +270,7 @@ async def test_one_connection_carries_several_messages_within_the_limit(
         running_peer(store_url, tmp_path / "a", "peer-a", HOPITAL_A, (box,)) as peer,
         sender(
             write_config,
-            peer.running,
+            peer.running.store,
             {HOPITAL_A: peer.port},
             outbound="max_connections_per_destination = 2\nmax_messages_per_connection = 3",
         ) as ours,
@@ -301,7 +304,7 @@ async def test_the_per_destination_limit_holds_across_callers(
         ) as peer,
         sender(
             write_config,
-            peer.running,
+            peer.running.store,
             {HOPITAL_A: peer.port},
             outbound="max_connections_per_destination = 1",
         ) as ours,
@@ -338,7 +341,7 @@ async def test_peer_not_acceptable_for_the_domain_gets_nothing(
     box = f"secretariat@{domain}"
     async with (
         running_peer(store_url, tmp_path / "p", cert, domain, (box,)) as peer,
-        sender(write_config, peer.running, {domain: peer.port}) as ours,
+        sender(write_config, peer.running.store, {domain: peer.port}) as ours,
     ):
         (result,) = await ours.deliver(domain, [out([box])])
         (recipient,) = result.recipients
@@ -349,10 +352,10 @@ async def test_peer_not_acceptable_for_the_domain_gets_nothing(
             assert "certificate" in recipient.reply, recipient.reply
         assert result.connection is None
         assert await peer.inbox_count(box) == 0
-        refusals = await audit_events(peer.running, ours.sink, "outbound.peer_refused")
+        refusals = await audit_events(peer.running.store, ours.sink, "outbound.peer_refused")
         assert [(e.target, (e.details or {}).get("reason")) for e in refusals] == [(domain, reason)]
         # The peer never saw a MAIL command from us.
-        mail_refusals = await audit_events(peer.running, ours.sink, "smtp.reject")
+        mail_refusals = await audit_events(peer.running.store, ours.sink, "smtp.reject")
         assert mail_refusals == []
 
 
@@ -362,7 +365,7 @@ async def test_peer_down_is_deferred(
     box = f"secretariat@{HOPITAL_A}"
     async with running_peer(store_url, tmp_path / "a", "peer-a", HOPITAL_A, (box,)) as peer:
         closed = _free_port()  # nobody listens there
-        async with sender(write_config, peer.running, {HOPITAL_A: closed}) as ours:
+        async with sender(write_config, peer.running.store, {HOPITAL_A: closed}) as ours:
             results = await ours.deliver(HOPITAL_A, [out([box], ref="a"), out([box], ref="b")])
         for result in results:
             (recipient,) = result.recipients
@@ -381,7 +384,7 @@ async def test_550_for_one_recipient_fails_it_and_delivers_the_others(
     unknown = f"nobody@{HOPITAL_A}"
     async with (
         running_peer(store_url, tmp_path / "a", "peer-a", HOPITAL_A, (box,)) as peer,
-        sender(write_config, peer.running, {HOPITAL_A: peer.port}) as ours,
+        sender(write_config, peer.running.store, {HOPITAL_A: peer.port}) as ours,
     ):
         (result,) = await ours.deliver(HOPITAL_A, [out([unknown, box])])
         failed, delivered = result.recipients
@@ -389,7 +392,7 @@ async def test_550_for_one_recipient_fails_it_and_delivers_the_others(
         assert failed.reply.startswith("550 5.1.1") and failed.from_remote
         assert delivered.status is Status.DELIVERED
         assert await peer.inbox_count(box) == 1
-        assert len(await audit_events(peer.running, ours.sink, "outbound.failed")) == 1
+        assert len(await audit_events(peer.running.store, ours.sink, "outbound.failed")) == 1
 
 
 async def test_4xx_for_a_recipient_is_deferred(
@@ -406,7 +409,7 @@ async def test_4xx_for_a_recipient_is_deferred(
             boxes,
             relay_options="max_recipients = 2",
         ) as peer,
-        sender(write_config, peer.running, {HOPITAL_A: peer.port}) as ours,
+        sender(write_config, peer.running.store, {HOPITAL_A: peer.port}) as ours,
     ):
         (result,) = await ours.deliver(HOPITAL_A, [out(list(boxes))])
         statuses = [r.status for r in result.recipients]
@@ -422,7 +425,7 @@ async def test_dsn_parameters_are_passed_to_a_peer_advertising_dsn(
     box = f"secretariat@{HOPITAL_A}"
     async with (
         running_peer(store_url, tmp_path / "a", "peer-a", HOPITAL_A, (box,)) as peer,
-        sender(write_config, peer.running, {HOPITAL_A: peer.port}) as ours,
+        sender(write_config, peer.running.store, {HOPITAL_A: peer.port}) as ours,
     ):
         msg = OutboundMessage(
             sender=SENDER,
@@ -525,7 +528,7 @@ async def test_mx_lookup_finds_the_peer(
     async with (
         running_peer(store_url, tmp_path / "a", "peer-a", HOPITAL_A, (box,), port=port) as peer,
         sender(
-            write_config, peer.running, {}, outbound=f"mx_port = {port}", resolver=resolver
+            write_config, peer.running.store, {}, outbound=f"mx_port = {port}", resolver=resolver
         ) as ours,
     ):
         (result,) = await ours.deliver(HOPITAL_A, [out([box])])
@@ -609,3 +612,75 @@ def test_xtext_round_trip() -> None:
         assert encoded.isascii() and " " not in encoded and "=" not in encoded
         assert decode_xtext(encoded).encode("latin-1") == text.encode("utf-8")
     assert encode_xtext("a+b=c d") == "a+2Bb+3Dc+20d"
+
+
+# --- peers that are not mssante: aiosmtpd as a plain SMTP server --------------------------------
+
+
+@dataclass
+class Capture:
+    envelopes: list[Envelope] = field(default_factory=list)
+
+    async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:  # noqa: N802 - aiosmtpd's hook name
+        self.envelopes.append(envelope)
+        return "250 2.0.0 Ok"
+
+
+@contextlib.asynccontextmanager
+async def aiosmtpd_peer(*, tls: bool) -> AsyncIterator[tuple[Capture, int]]:
+    """aiosmtpd with peer-a's certificate: STARTTLS offered (or not), no DSN extension."""
+    capture = Capture()
+    context = (
+        server_context("mssante", FIXTURES / "peer-a.pem", FIXTURES / "peer-a.key", None, "none")
+        if tls
+        else None
+    )
+    loop = asyncio.get_running_loop()
+    server = await loop.create_server(
+        lambda: SMTP(capture, tls_context=context, hostname="mx.other.test"), "127.0.0.1", 0
+    )
+    try:
+        yield capture, int(server.sockets[0].getsockname()[1])
+    finally:
+        server.close()
+        await server.wait_closed()
+
+
+async def test_peer_without_starttls_gets_nothing(store: Store, write_config: ConfigWriter) -> None:
+    box = f"secretariat@{HOPITAL_A}"
+    async with (
+        aiosmtpd_peer(tls=False) as (capture, port),
+        sender(write_config, store, {HOPITAL_A: port}) as ours,
+    ):
+        (result,) = await ours.deliver(HOPITAL_A, [out([box])])
+        (recipient,) = result.recipients
+        assert (recipient.status, recipient.reason) == (Status.DEFERRED, "no_starttls")
+        assert recipient.reply.startswith("451 4.7.10")
+        assert capture.envelopes == []
+        refusals = await audit_events(store, ours.sink, "outbound.peer_refused")
+        assert [(e.details or {}).get("reason") for e in refusals] == ["no_starttls"]
+
+
+async def test_peer_without_dsn_gets_no_dsn_parameters_and_we_keep_responsibility(
+    store: Store, write_config: ConfigWriter
+) -> None:
+    box = f"secretariat@{HOPITAL_A}"
+    async with (
+        aiosmtpd_peer(tls=True) as (capture, port),
+        sender(write_config, store, {HOPITAL_A: port}) as ours,
+    ):
+        msg = OutboundMessage(
+            sender=SENDER,
+            recipients=(OutboundRecipient(box, frozenset({"SUCCESS"}), f"rfc822;{box}"),),
+            data=message(box),
+            ret="HDRS",
+            envid="e1",
+        )
+        (result,) = await ours.deliver(HOPITAL_A, [msg])
+        (recipient,) = result.recipients
+        assert recipient.status is Status.DELIVERED and not recipient.dsn_passed
+        (envelope,) = capture.envelopes
+        assert envelope.rcpt_tos == [box]
+        options = " ".join([*envelope.mail_options, *envelope.rcpt_options]).upper()
+        assert "NOTIFY" not in options and "RET=" not in options and "ENVID" not in options
+        assert "SIZE=" in options  # the peer advertised SIZE
