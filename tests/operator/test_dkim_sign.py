@@ -5,10 +5,7 @@ carries the right public key; bad configurations are clear errors."""
 from __future__ import annotations
 
 import base64
-import os
 import stat
-import subprocess
-import sys
 from pathlib import Path
 
 import dkim as dkimpy  # type: ignore[import-untyped]
@@ -18,6 +15,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
+from mssante.cli import main
 from mssante.config import ConfigError, DkimSettings, load_settings
 from mssante.operator.dkim import THREAD_THRESHOLD, DkimResult, DkimVerifier, signature_tags
 from mssante.operator.dkim_sign import (
@@ -280,40 +278,42 @@ def test_config_errors(
         load_settings(_config(write_config, text))
 
 
-def _mssante(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "mssante", *args],
-        capture_output=True,
-        text=True,
-        check=False,
-        cwd=cwd,
-        env={**os.environ, "MSSANTE_CONFIG": str(cwd / "none.toml")},
-    )
+def _mssante(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
+    code = main(list(args))
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
 
 
-def test_cli_genkey_and_dns_record(tmp_path: Path, write_config: object) -> None:
-    done = _mssante("dkim", "genkey", "k.pem", cwd=tmp_path)
-    assert done.returncode == 0, done.stderr
+def test_cli_genkey_and_dns_record(
+    tmp_path: Path,
+    write_config: object,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MSSANTE_CONFIG", str(tmp_path / "none.toml"))
+    code, _, err = _mssante(capsys, "dkim", "genkey", "k.pem", "--type", "ed25519")
+    assert code == 0, err
     assert stat.S_IMODE((tmp_path / "k.pem").stat().st_mode) == 0o600
-    again = _mssante("dkim", "genkey", "k.pem", cwd=tmp_path)
-    assert again.returncode == 1 and "refusing to overwrite" in again.stderr
-    record = _mssante(
-        "dkim", "dns-record", "--key", "k.pem", "--selector", "s1", "--domain", DOMAIN, cwd=tmp_path
+    code, _, err = _mssante(capsys, "dkim", "genkey", "k.pem")
+    assert code == 1 and "refusing to overwrite" in err
+    code, out, err = _mssante(
+        capsys, "dkim", "dns-record", "--key", "k.pem", "--selector", "s1", "--domain", DOMAIN
     )
-    assert record.returncode == 0, record.stderr
+    assert code == 0, err
     expected = dns_record("s1", DOMAIN, load_signing_key(tmp_path / "k.pem"))
-    assert record.stdout == expected + "\n"
+    assert out == expected + "\n" and "k=ed25519" in out
     # From the configuration: one line per signing domain.
     config = _config(
         write_config,
         f'private_key = "{tmp_path / "k.pem"}"\nselector = "s1"\ndomains = ["{DOMAIN}", "b.test"]',
     )
-    both = _mssante("--config", str(config), "dkim", "dns-record", cwd=tmp_path)
-    assert both.returncode == 0, both.stderr
-    assert [line.split()[0] for line in both.stdout.splitlines()] == [
+    code, out, err = _mssante(capsys, "--config", str(config), "dkim", "dns-record")
+    assert code == 0, err
+    assert [line.split()[0] for line in out.splitlines()] == [
         f"s1._domainkey.{DOMAIN}.",
         "s1._domainkey.b.test.",
     ]
-    missing = _mssante("dkim", "dns-record", "--key", "k.pem", cwd=tmp_path)
-    assert missing.returncode == 1 and "configuration file not found" in missing.stderr
+    code, _, err = _mssante(capsys, "dkim", "dns-record", "--key", "k.pem")
+    assert code == 1 and "configuration file not found" in err
     dns.rdata.from_text("IN", "TXT", expected.split(" IN TXT ", 1)[1])

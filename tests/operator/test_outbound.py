@@ -41,6 +41,7 @@ from mssante.operator.outbound import (
     resolve_destination,
 )
 from mssante.operator.store import audit, mailboxes
+from mssante.operator.store.crypto import BlobCipher
 from mssante.operator.store.db import Store
 from mssante.operator.store.migrate import upgrade
 from mssante.operator.store.schema import DsnRequestRow, FolderRow, MessageRow
@@ -165,6 +166,22 @@ async def running_peer(
         await stop(running)
 
 
+@pytest.fixture
+def sqlite_url(tmp_path: Path) -> str:
+    """For the tests where the database does not matter (the peer's store only receives)."""
+    return f"sqlite+aiosqlite:///{tmp_path / 'outbound.db'}"
+
+
+@pytest.fixture
+async def sqlite_store(sqlite_url: str, cipher: BlobCipher) -> AsyncIterator[Store]:
+    await upgrade(sqlite_url)
+    opened = await Store.open(sqlite_url, cipher)
+    try:
+        yield opened
+    finally:
+        await opened.close()
+
+
 @dataclass
 class Sender:
     """Our side: the operator certificate, the fixture whitelist, routes to the peers."""
@@ -187,17 +204,24 @@ async def sender(
     resolver: dns.asyncresolver.Resolver | None = None,
 ) -> AsyncIterator[Sender]:
     route_lines = "\n".join(f'"{d}" = "127.0.0.1:{p}"' for d, p in routes.items())
+    # Short timeouts so that a broken test fails fast; a test may set its own.
+    defaults = {
+        "connect_timeout_seconds": "5",
+        "command_timeout_seconds": "10",
+        "data_timeout_seconds": "10",
+        "dns_timeout_seconds": "2",
+    }
+    given = {line.split("=")[0].strip() for line in outbound.splitlines() if "=" in line}
+    outbound_lines = "\n".join(
+        [outbound, *(f"{k} = {v}" for k, v in defaults.items() if k not in given)]
+    )
     path = write_config(
         pki=f"crls = {json.dumps(CRLS)}",
         extra=f"""
 [whitelist]
 source = "{FIXTURES / "whitelist.xml"}"
 [outbound]
-connect_timeout_seconds = 5
-command_timeout_seconds = 10
-data_timeout_seconds = 10
-dns_timeout_seconds = 2
-{outbound}
+{outbound_lines}
 [outbound.routes]
 {route_lines}
 """,
@@ -263,11 +287,11 @@ async def test_delivered_over_mutual_tls_and_dkim_verifies_on_arrival(
 
 
 async def test_one_connection_carries_several_messages_within_the_limit(
-    store_url: str, write_config: ConfigWriter, tmp_path: Path
+    sqlite_url: str, write_config: ConfigWriter, tmp_path: Path
 ) -> None:
     box = f"secretariat@{HOPITAL_A}"
     async with (
-        running_peer(store_url, tmp_path / "a", "peer-a", HOPITAL_A, (box,)) as peer,
+        running_peer(sqlite_url, tmp_path / "a", "peer-a", HOPITAL_A, (box,)) as peer,
         sender(
             write_config,
             peer.running.store,
@@ -288,14 +312,14 @@ async def test_one_connection_carries_several_messages_within_the_limit(
 
 
 async def test_the_per_destination_limit_holds_across_callers(
-    store_url: str, write_config: ConfigWriter, tmp_path: Path
+    sqlite_url: str, write_config: ConfigWriter, tmp_path: Path
 ) -> None:
     box = f"secretariat@{HOPITAL_A}"
     # The peer refuses a second simultaneous connection (421): with our limit at 1, two callers
     # delivering at once still get everything through, one connection after the other.
     async with (
         running_peer(
-            store_url,
+            sqlite_url,
             tmp_path / "a",
             "peer-a",
             HOPITAL_A,
@@ -336,11 +360,11 @@ async def test_the_per_destination_limit_holds_across_callers(
     ],
 )
 async def test_peer_not_acceptable_for_the_domain_gets_nothing(
-    store_url: str, write_config: ConfigWriter, tmp_path: Path, cert: str, domain: str, reason: str
+    sqlite_url: str, write_config: ConfigWriter, tmp_path: Path, cert: str, domain: str, reason: str
 ) -> None:
     box = f"secretariat@{domain}"
     async with (
-        running_peer(store_url, tmp_path / "p", cert, domain, (box,)) as peer,
+        running_peer(sqlite_url, tmp_path / "p", cert, domain, (box,)) as peer,
         sender(write_config, peer.running.store, {domain: peer.port}) as ours,
     ):
         (result,) = await ours.deliver(domain, [out([box])])
@@ -360,10 +384,10 @@ async def test_peer_not_acceptable_for_the_domain_gets_nothing(
 
 
 async def test_peer_down_is_deferred(
-    write_config: ConfigWriter, store_url: str, tmp_path: Path
+    write_config: ConfigWriter, sqlite_url: str, tmp_path: Path
 ) -> None:
     box = f"secretariat@{HOPITAL_A}"
-    async with running_peer(store_url, tmp_path / "a", "peer-a", HOPITAL_A, (box,)) as peer:
+    async with running_peer(sqlite_url, tmp_path / "a", "peer-a", HOPITAL_A, (box,)) as peer:
         closed = _free_port()  # nobody listens there
         async with sender(write_config, peer.running.store, {HOPITAL_A: closed}) as ours:
             results = await ours.deliver(HOPITAL_A, [out([box], ref="a"), out([box], ref="b")])
@@ -396,13 +420,13 @@ async def test_550_for_one_recipient_fails_it_and_delivers_the_others(
 
 
 async def test_4xx_for_a_recipient_is_deferred(
-    store_url: str, write_config: ConfigWriter, tmp_path: Path
+    sqlite_url: str, write_config: ConfigWriter, tmp_path: Path
 ) -> None:
     boxes = tuple(f"box{i}@{HOPITAL_A}" for i in range(3))
     async with (
         # The peer takes 2 recipients per transaction and answers 452 4.5.3 to the third.
         running_peer(
-            store_url,
+            sqlite_url,
             tmp_path / "a",
             "peer-a",
             HOPITAL_A,
@@ -515,7 +539,7 @@ async def dns_server() -> AsyncIterator[tuple[DnsServer, dns.asyncresolver.Resol
 
 
 async def test_mx_lookup_finds_the_peer(
-    store_url: str,
+    sqlite_url: str,
     write_config: ConfigWriter,
     tmp_path: Path,
     dns_server: tuple[DnsServer, dns.asyncresolver.Resolver],
@@ -526,7 +550,7 @@ async def test_mx_lookup_finds_the_peer(
     # The best MX does not exist; the second is the peer, reached through /etc/hosts.
     server.records[(HOPITAL_A, "MX")] = ["10 gone.invalid.", "20 localhost."]
     async with (
-        running_peer(store_url, tmp_path / "a", "peer-a", HOPITAL_A, (box,), port=port) as peer,
+        running_peer(sqlite_url, tmp_path / "a", "peer-a", HOPITAL_A, (box,), port=port) as peer,
         sender(
             write_config, peer.running.store, {}, outbound=f"mx_port = {port}", resolver=resolver
         ) as ours,
@@ -646,28 +670,30 @@ async def aiosmtpd_peer(*, tls: bool) -> AsyncIterator[tuple[Capture, int]]:
         await server.wait_closed()
 
 
-async def test_peer_without_starttls_gets_nothing(store: Store, write_config: ConfigWriter) -> None:
+async def test_peer_without_starttls_gets_nothing(
+    sqlite_store: Store, write_config: ConfigWriter
+) -> None:
     box = f"secretariat@{HOPITAL_A}"
     async with (
         aiosmtpd_peer(tls=False) as (capture, port),
-        sender(write_config, store, {HOPITAL_A: port}) as ours,
+        sender(write_config, sqlite_store, {HOPITAL_A: port}) as ours,
     ):
         (result,) = await ours.deliver(HOPITAL_A, [out([box])])
         (recipient,) = result.recipients
         assert (recipient.status, recipient.reason) == (Status.DEFERRED, "no_starttls")
         assert recipient.reply.startswith("451 4.7.10")
         assert capture.envelopes == []
-        refusals = await audit_events(store, ours.sink, "outbound.peer_refused")
+        refusals = await audit_events(sqlite_store, ours.sink, "outbound.peer_refused")
         assert [(e.details or {}).get("reason") for e in refusals] == ["no_starttls"]
 
 
 async def test_peer_without_dsn_gets_no_dsn_parameters_and_we_keep_responsibility(
-    store: Store, write_config: ConfigWriter
+    sqlite_store: Store, write_config: ConfigWriter
 ) -> None:
     box = f"secretariat@{HOPITAL_A}"
     async with (
         aiosmtpd_peer(tls=True) as (capture, port),
-        sender(write_config, store, {HOPITAL_A: port}) as ours,
+        sender(write_config, sqlite_store, {HOPITAL_A: port}) as ours,
     ):
         msg = OutboundMessage(
             sender=SENDER,
@@ -684,3 +710,75 @@ async def test_peer_without_dsn_gets_no_dsn_parameters_and_we_keep_responsibilit
         options = " ".join([*envelope.mail_options, *envelope.rcpt_options]).upper()
         assert "NOTIFY" not in options and "RET=" not in options and "ENVID" not in options
         assert "SIZE=" in options  # the peer advertised SIZE
+
+
+async def test_mail_refused_fails_every_recipient(
+    sqlite_url: str, write_config: ConfigWriter, tmp_path: Path
+) -> None:
+    box = f"secretariat@{HOPITAL_A}"
+    async with (
+        running_peer(sqlite_url, tmp_path / "a", "peer-a", HOPITAL_A, (box,)) as peer,
+        sender(
+            write_config,
+            peer.running.store,
+            {HOPITAL_A: peer.port},
+            outbound="max_connections_per_destination = 1",
+        ) as ours,
+    ):
+        # Our certificate is not listed for hopital-a's domain: the peer refuses at MAIL.
+        msg = OutboundMessage(
+            sender=f"someone@{HOPITAL_A}",
+            recipients=(OutboundRecipient(box), OutboundRecipient(f"other@{HOPITAL_A}")),
+            data=message(box),
+        )
+        result, following = await ours.deliver(HOPITAL_A, [msg, out([box], ref="next")])
+        assert {(r.status, r.enhanced) for r in result.recipients} == {(Status.FAILED, "5.7.1")}
+        assert following.recipients[0].status is Status.DELIVERED
+        assert following.connection == result.connection
+        # The same connection goes on with the next message after RSET.
+        assert await peer.inbox_count(box) == 1
+
+
+@dataclass
+class Misbehaving:
+    """aiosmtpd hooks: drop the connection at the end of DATA, or never answer it."""
+
+    mode: str
+    release: asyncio.Event = field(default_factory=asyncio.Event)
+
+    async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:  # noqa: N802 - aiosmtpd's hook name
+        if self.mode == "drop":
+            assert server.transport is not None
+            server.transport.abort()
+        else:
+            await self.release.wait()
+        return "250 2.0.0 Ok"
+
+
+@pytest.mark.parametrize("mode", ["drop", "silent"])
+async def test_no_reply_to_the_final_dot_is_deferred(
+    sqlite_store: Store, write_config: ConfigWriter, mode: str
+) -> None:
+    box = f"secretariat@{HOPITAL_A}"
+    handler = Misbehaving(mode)
+    context = server_context(
+        "mssante", FIXTURES / "peer-a.pem", FIXTURES / "peer-a.key", None, "none"
+    )
+    server = await asyncio.get_running_loop().create_server(
+        lambda: SMTP(handler, tls_context=context, hostname="mx.other.test"), "127.0.0.1", 0
+    )
+    port = int(server.sockets[0].getsockname()[1])
+    try:
+        async with sender(
+            write_config, sqlite_store, {HOPITAL_A: port}, outbound="data_timeout_seconds = 1"
+        ) as ours:
+            (result,) = await ours.deliver(HOPITAL_A, [out([box])])
+    finally:
+        handler.release.set()
+        server.close()
+        await server.wait_closed()
+    (recipient,) = result.recipients
+    # Without the reply to the final dot nothing counts as delivered (the queue retries; the
+    # recorded Message-ID makes a duplicate visible).
+    assert (recipient.status, recipient.reason) == (Status.DEFERRED, "connection_failed")
+    assert recipient.reply.startswith("451 4.4.1 connection to 127.0.0.1 lost")
