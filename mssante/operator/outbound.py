@@ -286,6 +286,31 @@ def rcpt_parameters(recipient: OutboundRecipient, peer: _Peer) -> list[str]:
     return params
 
 
+def _peer_ip(smtp: aiosmtplib.SMTP) -> str | None:
+    """The address we are connected to (the audit trail's peer_ip), when connected."""
+    try:
+        peer = smtp.get_transport_info("peername")
+    except aiosmtplib.SMTPException:
+        return None
+    return str(peer[0]) if peer else None
+
+
+# A path we put on the wire: no white space, controls or angle brackets (RFC 5321 §4.1.2), one
+# @ with something on both sides, at most 256 octets (§4.5.3.1.3). The queue gives only
+# validated addresses; this keeps a bad one from ever reaching a command line.
+def _bad_path(address: str, *, null_ok: bool) -> bool:
+    if address == "":
+        return not null_ok
+    local, at, domain = address.rpartition("@")
+    return (
+        not at
+        or not local
+        or not domain
+        or len(address.encode("utf-8")) > 256
+        or any(c in "<>" or c.isspace() or ord(c) < 0x20 or ord(c) == 0x7F for c in address)
+    )
+
+
 def _needs_smtputf8(message: OutboundMessage) -> bool:
     return not message.sender.isascii() or any(not r.address.isascii() for r in message.recipients)
 
@@ -296,6 +321,7 @@ class _Connection:
         self.target = target
         self.number = number
         self.peer = peer
+        self.peer_ip = _peer_ip(smtp)
 
     @property
     def alive(self) -> bool:
@@ -442,6 +468,7 @@ class OutboundClient:
             smtp.timeout = out.command_timeout_seconds
             await smtp.ehlo()
             if not smtp.supports_extension("starttls"):
+                peer_ip = _peer_ip(smtp)
                 smtp.close()
                 return self._refused(
                     domain,
@@ -453,6 +480,7 @@ class OutboundClient:
                         f"{where} does not offer STARTTLS; mail is never sent in clear",
                         reason="no_starttls",
                     ),
+                    peer_ip,
                 )
         except aiosmtplib.SMTPResponseException as exc:  # a greeting or EHLO refusal
             smtp.close()
@@ -460,6 +488,7 @@ class OutboundClient:
         except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
             smtp.close()
             return _connection_lost(f"cannot connect to {where}: {type(exc).__name__} {exc}"[:300])
+        peer_ip = _peer_ip(smtp)
         try:
             await smtp.starttls(tls_context=self._tls, server_hostname=target.host)
         except aiosmtplib.SMTPResponseException as exc:
@@ -480,6 +509,7 @@ class OutboundClient:
                     f"TLS with {where} failed: {type(cause).__name__} {cause}"[:300],
                     reason="tls_handshake",
                 ),
+                peer_ip,
             )
         judged = self._judge_peer(domain, target, smtp)
         if isinstance(judged, MailError):
@@ -513,6 +543,7 @@ class OutboundClient:
 
     def _judge_peer(self, domain: str, target: Target, smtp: aiosmtplib.SMTP) -> str | MailError:
         """The peer's verified DN, or why we will not send to it (audited)."""
+        peer_ip = _peer_ip(smtp)
         ssl_object = smtp.get_transport_info("ssl_object")
         cert = peer_identity(ssl_object) if ssl_object is not None else None
         if cert is None:
@@ -521,6 +552,7 @@ class OutboundClient:
                 target,
                 None,
                 MailError(451, "4.7.5", "The peer presented no certificate", reason="no_cert"),
+                peer_ip,
             )
         try:
             chain = self.pki.validate(cert, Purpose.SERVER)
@@ -535,14 +567,22 @@ class OutboundClient:
                     f"Peer certificate refused ({exc.reason.replace('_', ' ')})",
                     reason=f"certificate_{exc.reason}",
                 ),
+                peer_ip,
             )
         dn = chain.identity.subject_dn
         refusal = policy.peer_may_receive_for(self.whitelist.current, dn, domain)
         if refusal is not None:
-            return self._refused(domain, target, dn, refusal)
+            return self._refused(domain, target, dn, refusal, peer_ip)
         return dn
 
-    def _refused(self, domain: str, target: Target, dn: str | None, error: MailError) -> MailError:
+    def _refused(
+        self,
+        domain: str,
+        target: Target,
+        dn: str | None,
+        error: MailError,
+        peer_ip: str | None = None,
+    ) -> MailError:
         PEER_REFUSALS.labels(reason=error.reason).inc()
         details = {"reason": error.reason, "reply": error.reply, "host": target.host}
         event(log, "outbound.peer_refused", domain=domain, port=target.port, peer_dn=dn, **details)
@@ -551,7 +591,7 @@ class OutboundClient:
                 event="outbound.peer_refused",
                 outcome=Outcome.REFUSED,
                 actor="outbound",
-                peer_ip=target.host,
+                peer_ip=peer_ip,
                 peer_dn=dn,
                 target=domain,
                 details={**details, "port": target.port},
@@ -579,7 +619,7 @@ class OutboundClient:
             conn.smtp.close()
         results = tuple(done[r.address] for r in message.recipients)
         for result in results:
-            self._record(message, result)
+            self._record(message, result, conn.peer_ip)
         return MessageResult(message.ref, results, conn.number)
 
     async def _transaction(
@@ -592,6 +632,17 @@ class OutboundClient:
 
         def everyone(error: MailError) -> None:
             done.update({a: _local(a, error, remote_mta=host) for a in addresses})
+
+        if _bad_path(message.sender, null_ok=True):
+            everyone(MailError(553, "5.1.7", "Invalid sender address", reason="bad_address"))
+            return
+        bad = [a for a in addresses if _bad_path(a, null_ok=False)]
+        for address in bad:
+            done[address] = _local(
+                address, MailError(553, "5.1.3", "Invalid recipient address", reason="bad_address")
+            )
+        if len(bad) == len(addresses):
+            return
 
         if _needs_smtputf8(message) and not peer.smtputf8:
             # RFC 6531 §3.2: a non-ASCII address cannot go to a server without SMTPUTF8.
@@ -622,6 +673,8 @@ class OutboundClient:
             return
         accepted: list[str] = []
         for recipient in message.recipients:
+            if recipient.address in done:
+                continue  # refused above
             code, text = await conn.command(
                 b"RCPT", f"TO:<{recipient.address}>", *rcpt_parameters(recipient, peer)
             )
@@ -650,7 +703,9 @@ class OutboundClient:
             dsn_passed=conn.peer.dsn and status is Status.DELIVERED,
         )
 
-    def _record(self, message: OutboundMessage, result: RecipientResult) -> None:
+    def _record(
+        self, message: OutboundMessage, result: RecipientResult, peer_ip: str | None = None
+    ) -> None:
         RECIPIENTS.labels(status=result.status.value).inc()
         outcome = {
             Status.DELIVERED: Outcome.OK,
@@ -670,7 +725,7 @@ class OutboundClient:
                 event=f"outbound.{result.status.value}",
                 outcome=outcome,
                 actor=message.sender or "<>",
-                peer_ip=result.remote_mta,
+                peer_ip=peer_ip,
                 target=result.recipient,
                 details=details,
             )

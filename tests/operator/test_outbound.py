@@ -406,17 +406,22 @@ async def test_550_for_one_recipient_fails_it_and_delivers_the_others(
 ) -> None:
     box = f"secretariat@{HOPITAL_A}"
     unknown = f"nobody@{HOPITAL_A}"
+    injected = f"x@{HOPITAL_A}>\r\nRSET\r\nRCPT TO:<{box}"  # never reaches a command line
     async with (
         running_peer(store_url, tmp_path / "a", "peer-a", HOPITAL_A, (box,)) as peer,
         sender(write_config, peer.running.store, {HOPITAL_A: peer.port}) as ours,
     ):
-        (result,) = await ours.deliver(HOPITAL_A, [out([unknown, box])])
-        failed, delivered = result.recipients
+        (result,) = await ours.deliver(HOPITAL_A, [out([unknown, box, injected])])
+        failed, delivered, bad = result.recipients
+        assert (bad.status, bad.reply) == (Status.FAILED, "553 5.1.3 Invalid recipient address")
         assert failed.status is Status.FAILED and failed.enhanced == "5.1.1"
         assert failed.reply.startswith("550 5.1.1") and failed.from_remote
         assert delivered.status is Status.DELIVERED
         assert await peer.inbox_count(box) == 1
-        assert len(await audit_events(peer.running.store, ours.sink, "outbound.failed")) == 1
+        failures = await audit_events(peer.running.store, ours.sink, "outbound.failed")
+        assert len(failures) == 2
+        delivered_events = await audit_events(peer.running.store, ours.sink, "outbound.delivered")
+        assert [e.peer_ip for e in delivered_events] == ["127.0.0.1"]
 
 
 async def test_4xx_for_a_recipient_is_deferred(
