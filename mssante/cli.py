@@ -357,6 +357,36 @@ def cmd_pki(args: argparse.Namespace) -> int:
     return 0 if report["valid"] else EXIT_REFUSED
 
 
+def cmd_dkim(args: argparse.Namespace) -> int:
+    from mssante.operator import dkim_sign
+
+    if args.dkim_command == "genkey":
+        dkim_sign.generate_key(Path(args.file), args.type, args.bits)
+        print(f"DKIM {args.type} key written to {args.file} (mode 0600)")
+        print("next: set [dkim] private_key, selector and domains, then publish the record of")
+        print("`mssante dkim dns-record`")
+        return 0
+    # dns-record: the configured key, selector and domains unless given on the command line.
+    key_file = Path(args.key) if args.key else None
+    selector: str = args.selector or ""
+    domains: list[str] = list(args.domain or [])
+    if key_file is None or not selector or not domains:
+        settings = _settings(args, check=False)
+        key_file = key_file or settings.dkim.private_key
+        selector = selector or settings.dkim.selector
+        domains = domains or settings.dkim.domains
+    if key_file is None:
+        raise CliError("no DKIM key: set [dkim] private_key or give --key")
+    if not selector:
+        raise CliError("no DKIM selector: set [dkim] selector or give --selector")
+    if not domains:
+        raise CliError("no signing domain: set [dkim] domains or give --domain")
+    key = dkim_sign.load_signing_key(key_file)
+    for domain in domains:
+        print(dkim_sign.dns_record(selector, domain, key))
+    return 0
+
+
 def _run_value(coro: Coroutine[Any, Any, dict[str, Any]]) -> dict[str, Any]:
     return asyncio.run(coro)
 
@@ -535,6 +565,22 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--crl", action="append", help="CRL file or URL (repeatable; default: pki.crls)")
     s.set_defaults(func=cmd_pki)
 
+    s = sub.add_parser("dkim", help="DKIM signing key and the DNS record to publish")
+    ksub = s.add_subparsers(
+        dest="dkim_command", required=True, metavar="ACTION", parser_class=_Parser
+    )
+    a = ksub.add_parser("genkey", help="write a new private signing key (mode 0600)")
+    a.add_argument("file", help="where to write it; an existing file is never overwritten")
+    a.add_argument("--type", choices=("rsa", "ed25519"), default="rsa", help="default: rsa")
+    a.add_argument("--bits", type=int, default=2048, help="RSA key size (default: 2048)")
+    a = ksub.add_parser("dns-record", help="print the TXT record(s) publishing the public key")
+    a.add_argument("--key", help="private key file (default: dkim.private_key)")
+    a.add_argument("--selector", help="default: dkim.selector")
+    a.add_argument(
+        "--domain", action="append", help="signing domain, repeatable (default: dkim.domains)"
+    )
+    s.set_defaults(func=cmd_dkim)
+
     s = sub.add_parser("demo", help="build and start a self-contained demo operator")
     s.add_argument("--dir", default="demo", help="where to build it (default: ./demo)")
     s.add_argument(
@@ -575,6 +621,7 @@ def _password_options(parser: argparse.ArgumentParser) -> None:
 def _known_errors() -> tuple[type[BaseException], ...]:
     from mssante.admin import AdminError
     from mssante.operator.addresses import AddressError
+    from mssante.operator.dkim_sign import DkimKeyError
     from mssante.operator.passwords import PasswordPolicyError
     from mssante.operator.store.errors import StoreError
     from mssante.pki.errors import PkiError
@@ -586,6 +633,7 @@ def _known_errors() -> tuple[type[BaseException], ...]:
         ConfigError,
         AdminError,
         AddressError,
+        DkimKeyError,
         PasswordPolicyError,
         StoreError,
         PkiError,

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import tomllib
 import types
 import typing
@@ -141,6 +142,29 @@ class DkimSettings:
     static_keys: dict[str, str] = field(default_factory=dict)
     """`selector._domainkey.domain` → TXT record value, consulted before DNS (tests, private
     networks)."""
+    private_key: Path | None = None
+    """The signing key (PEM, RSA ≥ 2048 bits or Ed25519). Unset: outbound mail is not signed."""
+    selector: str = ""
+    domains: list[str] = field(default_factory=list)
+    """The signing domains (d=); the From: domain is used when listed, else the first."""
+
+
+@dataclass(frozen=True)
+class OutboundSettings:
+    """The SMTP client to peer operators (docs/outbound.md)."""
+
+    routes: dict[str, str] = field(default_factory=dict)
+    """Mail domain → HOST:PORT, used instead of the MX lookup (tests, private networks)."""
+    mx_port: int = 25
+    """The port of the hosts found by MX lookup (RFC 5321 §4.5.4.2: 25)."""
+    max_connections_per_destination: int = 4
+    max_messages_per_connection: int = 100
+    connect_timeout_seconds: float = 30.0
+    command_timeout_seconds: float = 300.0
+    """Each reply (greeting, EHLO, STARTTLS, MAIL, RCPT…): RFC 5321 §4.5.3.2 asks 5 minutes."""
+    data_timeout_seconds: float = 600.0
+    """The reply to the end of the message: RFC 5321 §4.5.3.2.6 asks 10 minutes."""
+    dns_timeout_seconds: float = 10.0
 
 
 @dataclass(frozen=True)
@@ -181,6 +205,7 @@ class Settings:
     submission: SubmissionSettings = field(default_factory=SubmissionSettings)
     whitelist: WhitelistSettings = field(default_factory=WhitelistSettings)
     dkim: DkimSettings = field(default_factory=DkimSettings)
+    outbound: OutboundSettings = field(default_factory=OutboundSettings)
     source: Path = Path(DEFAULT_CONFIG_NAME)
     """The file these settings were read from (not a key of the file)."""
 
@@ -432,8 +457,8 @@ def _check_values(settings: Settings) -> Settings:
         raise ConfigError(f"whitelist.source: {wl.source}: only https:// URLs or files")
     if wl.refresh_seconds < 60:
         raise ConfigError("whitelist.refresh_seconds: must be at least 60")
-    if settings.dkim.dns_timeout_seconds <= 0:
-        raise ConfigError("dkim.dns_timeout_seconds: must be positive")
+    _check_dkim(settings.dkim)
+    _check_outbound(settings.outbound)
     return settings
 
 
@@ -451,6 +476,63 @@ def _check_listener(
     for key in ("max_connections", *at_least_one):
         if getattr(section, key) < 1:
             raise ConfigError(f"{name}.{key}: must be at least 1")
+
+
+# RFC 6376 §3.1/§3.5: selectors and signing domains are sequences of DNS labels.
+_DNS_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+_DNS_NAME = re.compile(rf"^{_DNS_LABEL}(?:\.{_DNS_LABEL})*$")
+
+
+def valid_dns_name(text: str) -> bool:
+    """Letters, digits and hyphens in dot-separated labels, at most 253 characters."""
+    return len(text) <= 253 and bool(_DNS_NAME.match(text))
+
+
+def _check_dkim(dkim: DkimSettings) -> None:
+    if dkim.dns_timeout_seconds <= 0:
+        raise ConfigError("dkim.dns_timeout_seconds: must be positive")
+    signing = dkim.private_key is not None
+    if not signing:
+        if dkim.selector or dkim.domains:
+            raise ConfigError(
+                "dkim.private_key: required when dkim.selector or dkim.domains is set "
+                "(`mssante dkim genkey FILE` makes one)"
+            )
+        return
+    if not dkim.selector:
+        raise ConfigError(
+            "dkim.selector: required when dkim.private_key is set (the public key is "
+            "published at <selector>._domainkey.<domain>)"
+        )
+    if not valid_dns_name(dkim.selector):
+        raise ConfigError(
+            f"dkim.selector: {dkim.selector!r} is not made of DNS labels (RFC 6376 §3.1)"
+        )
+    if not dkim.domains:
+        raise ConfigError("dkim.domains: at least one signing domain when dkim.private_key is set")
+    for index, domain in enumerate(dkim.domains):
+        if not valid_dns_name(domain.rstrip(".")) or "." not in domain.strip("."):
+            raise ConfigError(f"dkim.domains[{index}]: {domain!r} is not a domain name")
+
+
+def _check_outbound(outbound: OutboundSettings) -> None:
+    for domain, target in outbound.routes.items():
+        if not valid_dns_name(domain.rstrip(".")):
+            raise ConfigError(f"outbound.routes: {domain!r} is not a domain name")
+        parse_host_port(target, f"outbound.routes.{domain}")
+    if not 0 < outbound.mx_port < 65536:
+        raise ConfigError("outbound.mx_port: must be a port number (1-65535)")
+    for key in ("max_connections_per_destination", "max_messages_per_connection"):
+        if getattr(outbound, key) < 1:
+            raise ConfigError(f"outbound.{key}: must be at least 1")
+    for key in (
+        "connect_timeout_seconds",
+        "command_timeout_seconds",
+        "data_timeout_seconds",
+        "dns_timeout_seconds",
+    ):
+        if getattr(outbound, key) <= 0:
+            raise ConfigError(f"outbound.{key}: must be positive")
 
 
 def parse_host_port(text: str, key: str) -> tuple[str, int]:
@@ -512,6 +594,13 @@ def check_files(settings: Settings) -> None:
         cached = settings.whitelist_cache_dir
         if not cached.is_dir() or not any(cached.iterdir()):
             raise ConfigError(f"whitelist.source: {wl.source}: no such file")
+    if settings.dkim.private_key is not None:
+        from mssante.operator.dkim_sign import DkimKeyError, load_signing_key
+
+        try:
+            load_signing_key(settings.dkim.private_key)
+        except DkimKeyError as exc:
+            raise ConfigError(f"dkim.private_key: {exc}") from None
     try:
         anchors.load_certificates(pki.trust_anchors)
     except PkiError as exc:

@@ -20,6 +20,7 @@ from typing import Any
 import mssante
 from mssante import admin
 from mssante.config import load_settings
+from mssante.operator import dkim_sign
 from mssante.operator.passwords import generate_password
 from mssante.operator.store.crypto import generate_key
 from mssante.pki.anchors import load_certificates
@@ -84,7 +85,11 @@ def _fixtures_dir() -> Path | None:
     return candidate if (candidate / "ca-bundle.pem").is_file() else None
 
 
-def _config_text(key: str, port_base: int) -> str:
+DKIM_SELECTOR = "demo"
+DKIM_KEY = "dkim/demo.key"
+
+
+def _config_text(key: str, port_base: int, dkim_record: str) -> str:
     return f"""\
 # Demo operator written by `mssante demo`. Test certificates and keys: never use in production.
 [operator]
@@ -124,6 +129,16 @@ implicit_tls_listen = "127.0.0.1:{port_base + PORT_OFFSETS["smtps"]}"
 
 [whitelist]
 source = "whitelist.xml"
+
+[dkim]
+# Outbound mail is signed with this key; the record that DNS would publish is given here too,
+# so that the demo verifies its own signatures without a DNS zone.
+private_key = "{DKIM_KEY}"
+selector = "{DKIM_SELECTOR}"
+domains = ["{DOMAIN}"]
+
+[dkim.static_keys]
+"{DKIM_SELECTOR}._domainkey.{DOMAIN}" = "{dkim_record}"
 """
 
 
@@ -170,7 +185,12 @@ def _prepare_files(directory: Path, port_base: int, reset: bool) -> tuple[Path, 
         shutil.rmtree(directory / "data", ignore_errors=True)
     config = directory / "mssante.toml"
     key = _existing_key(config) or generate_key()
-    _write_private(config, _config_text(key, port_base))
+    dkim_key = directory / DKIM_KEY
+    if not dkim_key.is_file():
+        dkim_key.parent.mkdir(exist_ok=True)
+        dkim_sign.generate_key(dkim_key)
+    record = dkim_sign.load_signing_key(dkim_key).public_record
+    _write_private(config, _config_text(key, port_base, record))
 
     tls = directory / "tls"
     if not (tls / "ca-bundle.pem").is_file():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import random
 import signal
@@ -15,8 +16,11 @@ from pathlib import Path
 
 import pytest
 
+from mssante.config import load_settings
 from mssante.demo import PORT_OFFSETS
 from mssante.operator.addresses import validate_ins
+from mssante.operator.dkim import DkimVerifier
+from mssante.operator.dkim_sign import DkimSigner
 from mssante.pki.anchors import TrustStore, load_certificates
 from mssante.pki.validation import Purpose, validate_chain
 
@@ -116,6 +120,17 @@ def test_demo_starts_describes_itself_and_stops_cleanly(demo_dir: Path) -> None:
         whitelist = Path(str(info["whitelist"])).read_text()
         assert peer["domain"] in whitelist and "listeblanche.mssante.fr/schema" in whitelist
         assert oct((demo_dir / "demo.json").stat().st_mode & 0o777) == "0o600"
+
+        # The demo signs with its own DKIM key, and verifies that signature.
+        settings = load_settings(Path(str(info["config"])))
+        signer = DkimSigner.from_settings(settings.dkim)
+        assert signer is not None and signer.domains == ("demo.mssante.test",)
+        assert oct((demo_dir / "dkim" / "demo.key").stat().st_mode & 0o777) == "0o600"
+        message = b"From: <jean.dupont@demo.mssante.test>\r\nSubject: x\r\n\r\nbody\r\n"
+        signed = asyncio.run(signer.sign(message))
+        field = signed[: -len(message)].decode().partition(":")[2]
+        verdict = asyncio.run(DkimVerifier(settings.dkim).verify(signed, [field]))
+        assert verdict.summary == "pass"
     finally:
         code, out, err = demo.interrupt()
     assert code == 0, err

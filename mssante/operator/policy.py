@@ -196,3 +196,25 @@ def not_in_directory(address: str) -> MailError:
         f"<{address}>: not in the national MSSante directory",
         reason="not_in_directory",
     )
+
+
+# --- Outbound: may this peer receive for that domain (issue 5 §5) ------------------------------
+
+
+def peer_may_receive_for(whitelist: WhitelistView, peer_dn: str, domain: str) -> MailError | None:
+    """May we hand mail for `domain` to the server whose verified certificate DN is `peer_dn`?
+
+    ANS whitelist rule: we relay only to a server whose DN is listed for the recipient's
+    domain. A refusal is temporary (4.7.x): the list changes daily and the DNS may be fixed, so
+    the queue retries until the message expires.
+    """
+    domain = domain.lower().rstrip(".")
+    if whitelist.allows(domain, peer_dn):
+        return None
+    listed = whitelist.is_listed_operator(peer_dn)
+    return MailError(
+        451,
+        "4.7.1",
+        f"Peer certificate not authorised by the ANS whitelist for domain {domain}",
+        reason="dn_not_listed_for_domain" if listed else "dn_not_whitelisted",
+    )

@@ -56,6 +56,15 @@ def decode_xtext(value: str) -> str:
     return re.sub(r"\+([0-9A-F]{2})", lambda m: chr(int(m.group(1), 16)), value)
 
 
+def encode_xtext(value: str) -> str:
+    """RFC 3461 §4: `+`, `=`, and characters outside `!`..`~` are written `+XX` (UTF-8 bytes)."""
+    out = []
+    for byte in value.encode("utf-8"):
+        char = chr(byte)
+        out.append(char if 0x21 <= byte <= 0x7E and char not in "+=" else f"+{byte:02X}")
+    return "".join(out)
+
+
 def _split(arg: str | None, keyword: str) -> tuple[str, list[str]]:
     """`FROM:<path> P1 P2` → (`path`, [P1, P2]); the colon may be followed by spaces."""
     if arg is None or not arg[: len(keyword)].upper() == keyword:
