@@ -500,6 +500,8 @@ level = "warning"
 enabled = false
 [relay]
 enabled = false
+[submission]
+enabled = false
 [dkim]
 verify = false
 [imap]

@@ -127,6 +127,8 @@ k1 = "{"00" * 32}"
 enabled = false
 [imap]
 enabled = false
+[submission]
+enabled = false
 [relay]
 listen = "127.0.0.1:{port}"
 {relay_options}
