@@ -168,6 +168,34 @@ class OutboundSettings:
 
 
 @dataclass(frozen=True)
+class QueueSettings:
+    """The outbound queue's worker and retry schedule (docs/queue.md)."""
+
+    enabled: bool = True
+    """Run the outbound worker in this process (several processes may run one each)."""
+    workers: int = 4
+    """Delivery loops in this process, each claiming a batch of due recipients at a time."""
+    claim_batch: int = 100
+    """Recipients one loop claims at a time."""
+    poll_seconds: float = 5.0
+    """How often due retries are looked for when no new message wakes the worker."""
+    retry_delays_seconds: list[float] = field(
+        default_factory=lambda: [60.0, 300.0, 900.0, 1800.0, 3600.0, 7200.0, 14400.0]
+    )
+    """The wait after the 1st, 2nd… failed attempt."""
+    retry_every_seconds: float = 14400.0
+    """The wait after every later failed attempt."""
+    retry_jitter: float = 0.1
+    """Each wait is spread by ± this fraction."""
+    expire_after_seconds: float = 432000.0
+    """A recipient not delivered this long after it was queued expires (failure DSN)."""
+    delay_notice_after_seconds: float = 14400.0
+    """A delay DSN is sent once, when a recipient has waited this long."""
+    lease_seconds: float = 600.0
+    """How long a claimed recipient stays in flight before another process may take it back."""
+
+
+@dataclass(frozen=True)
 class PkiSettings:
     trust_anchors: Path
     certificate: Path
@@ -206,6 +234,7 @@ class Settings:
     whitelist: WhitelistSettings = field(default_factory=WhitelistSettings)
     dkim: DkimSettings = field(default_factory=DkimSettings)
     outbound: OutboundSettings = field(default_factory=OutboundSettings)
+    queue: QueueSettings = field(default_factory=QueueSettings)
     source: Path = Path(DEFAULT_CONFIG_NAME)
     """The file these settings were read from (not a key of the file)."""
 
@@ -459,6 +488,7 @@ def _check_values(settings: Settings) -> Settings:
         raise ConfigError("whitelist.refresh_seconds: must be at least 60")
     _check_dkim(settings.dkim)
     _check_outbound(settings.outbound)
+    _check_queue(settings.queue)
     return settings
 
 
@@ -533,6 +563,28 @@ def _check_outbound(outbound: OutboundSettings) -> None:
     ):
         if getattr(outbound, key) <= 0:
             raise ConfigError(f"outbound.{key}: must be positive")
+
+
+def _check_queue(queue: QueueSettings) -> None:
+    for key in ("workers", "claim_batch"):
+        if getattr(queue, key) < 1:
+            raise ConfigError(f"queue.{key}: must be at least 1")
+    for key in (
+        "poll_seconds",
+        "retry_every_seconds",
+        "expire_after_seconds",
+        "delay_notice_after_seconds",
+        "lease_seconds",
+    ):
+        if getattr(queue, key) <= 0:
+            raise ConfigError(f"queue.{key}: must be positive")
+    if not queue.retry_delays_seconds:
+        raise ConfigError("queue.retry_delays_seconds: at least one wait")
+    for index, wait in enumerate(queue.retry_delays_seconds):
+        if wait <= 0:
+            raise ConfigError(f"queue.retry_delays_seconds[{index}]: must be positive")
+    if not 0 <= queue.retry_jitter < 1:
+        raise ConfigError("queue.retry_jitter: must be at least 0 and below 1")
 
 
 def parse_host_port(text: str, key: str) -> tuple[str, int]:

@@ -15,16 +15,22 @@ import logging
 import signal
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from datetime import timedelta
 
 from mssante import metrics
 from mssante.config import Settings, parse_host_port
+from mssante.directory.mirror import StoreDirectory
 from mssante.logs import event
 from mssante.operator.auditlog import AuditSink
 from mssante.operator.auth import Authenticator
 from mssante.operator.delivery import Delivery
+from mssante.operator.dkim_sign import DkimSigner
 from mssante.operator.imap.server import ImapServer
+from mssante.operator.outbound import OutboundClient
+from mssante.operator.outbox import OutboundWorker, QueueOutbox, WakeUp, schedule_of
+from mssante.operator.queue import Queue
 from mssante.operator.smtp.relay import RelayServer
-from mssante.operator.smtp.submission import Directory, Outbox, SubmissionServer
+from mssante.operator.smtp.submission import SubmissionServer
 from mssante.operator.store.crypto import BlobCipher
 from mssante.operator.store.db import Store, mask_url
 from mssante.operator.store.migrate import check_schema
@@ -78,17 +84,17 @@ class Running:
     whitelist: WhitelistStore | None = None
     auth: Authenticator | None = None
     """One failed-login slow-down for IMAP and submission."""
+    queue: Queue | None = None
+    outbox: QueueOutbox | None = None
+    worker: OutboundWorker | None = None
+    """The outbound worker, when `[queue] enabled` and a listener that queues is on."""
 
 
 def open_cipher(settings: Settings) -> BlobCipher:
     return BlobCipher.from_text(settings.storage.keys, settings.storage.current_key_id)
 
 
-async def start(
-    settings: Settings, *, outbox: Outbox | None = None, directory: Directory | None = None
-) -> Running:
-    """`outbox`, `directory`: the outbound queue and the directory mirror submission uses
-    (without an outbox, remote recipients are refused with 451 4.3.0)."""
+async def start(settings: Settings) -> Running:
     url = settings.database_url
     await check_schema(url)
     store = await Store.open(url, open_cipher(settings))
@@ -118,8 +124,10 @@ async def start(
             await _start_relay(running)
         if settings.imap.enabled:
             await _start_imap(running)
+        if settings.relay.enabled or settings.submission.enabled:
+            await _start_outbound(running)
         if settings.submission.enabled:
-            await _start_submission(running, outbox, directory)
+            await _start_submission(running)
     except BaseException:
         await _shutdown(running, store)
         raise
@@ -190,14 +198,39 @@ async def _start_relay(running: Running) -> None:
     running.relay = relay
 
 
-async def _start_submission(
-    running: Running, outbox: Outbox | None, directory: Directory | None
-) -> None:
+async def _start_outbound(running: Running) -> None:
+    """The queue, its worker (DSNs of local deliveries too) and submission's outbox."""
+    settings = running.settings
+    config = settings.queue
+    whitelist = await _whitelist(running)
+    sink = await _audit_sink(running)
+    delivery = await _delivery(running)
+    queue = Queue(running.store, schedule_of(config), lease=timedelta(seconds=config.lease_seconds))
+    wake = WakeUp()
+    if config.enabled:
+        client = OutboundClient(settings, running.pki, whitelist, sink)
+        worker = OutboundWorker(settings, running.store, queue, client, delivery, sink, wake)
+        await worker.start()
+        running.closers.append(worker.close)
+        running.worker = worker
+    signer = DkimSigner.from_settings(settings.dkim)
+    if signer is None:
+        log.warning("no dkim.private_key configured: outbound mail is not signed")
+    outbox = QueueOutbox(running.store, queue, signer, wake)
+    await outbox.start()
+    running.closers.append(outbox.close)
+    running.queue = queue
+    running.outbox = outbox
+
+
+async def _start_submission(running: Running) -> None:
+    """Remote recipients go to the queue (`_start_outbound`), checked against the store's
+    directory mirror."""
     settings = running.settings
     whitelist = await _whitelist(running)
     sink = await _audit_sink(running)
     delivery = await _delivery(running)
-    assert running.auth is not None
+    assert running.auth is not None and running.outbox is not None
     await running.auth.dummy_hash()
     submission = SubmissionServer(
         settings,
@@ -207,8 +240,8 @@ async def _start_submission(
         delivery,
         sink,
         running.auth,
-        outbox=outbox,
-        directory=directory,
+        outbox=running.outbox,
+        directory=StoreDirectory(running.store),
     )
     config = settings.submission
     listeners = await submission.start(config.listen, config.implicit_tls_listen)

@@ -10,8 +10,8 @@ Checks, in the order a session meets them (docs/submission.md lists every reply)
    (`policy.submission_sender_refused`, `550 5.7.1`);
 5. RCPT: routed by `policy.route_recipient`: a hosted address through local delivery (the
    relay's checks: `550 5.1.1`…), another one in a whitelisted domain (`550 5.7.1`) and, when
-   directory checking is on, listed in the directory mirror (`550 5.1.1`), for the outbox
-   (`451 4.3.0` while no outbox is configured);
+   directory checking is on, listed in the directory mirror (`550 5.1.1`), for the outbound
+   queue (`operator/outbox.py`);
 6. DATA: every From: address one the identity may send as (`550 5.7.1`); our Received field,
    a Sender: when sending for someone else, Message-ID and Date when missing; then local
    delivery (with the copy in Sent) is committed and the remote part durably queued before
@@ -77,7 +77,7 @@ MECHANISMS = ("PLAIN", "LOGIN", "EXTERNAL")  # RFC 4616, draft-murchison-sasl-lo
 _MAIL_AUTH_PARAM = re.compile(r"\s+AUTH=\S*", re.IGNORECASE)  # RFC 4954 §5, ignored
 
 
-# --- what submission needs from components merged later ----------------------------------------
+# --- what submission hands on (operator/outbox.py, mssante/directory) ---------------------------
 
 
 @dataclass(frozen=True)
@@ -464,8 +464,8 @@ class SubmissionServer(SmtpListener):
         audit_sink: AuditSink,
         authenticator: Authenticator,
         *,
-        outbox: Outbox | None = None,
-        directory: Directory | None = None,
+        outbox: Outbox,
+        directory: Directory | None,
     ) -> None:
         config = settings.submission
         super().__init__(
@@ -522,10 +522,6 @@ class SubmissionServer(SmtpListener):
         if route is Route.LOCAL:
             await self.delivery.check_recipient(address)
             return route
-        if self.outbox is None:
-            raise MailError(
-                451, "4.3.0", "Outbound relay not available", reason="no_outbound_relay"
-            )
         if self.directory is not None and not await self.directory.exists(address.lower()):
             raise policy.not_in_directory(address)
         return route
@@ -544,7 +540,6 @@ class SubmissionServer(SmtpListener):
                 transaction.envelope(), prepared.data, info, traced=True, sent_folder=sent_folder
             )
         if transaction.remote:
-            assert self.outbox is not None  # RCPT refused remote recipients without one
             await self.outbox.enqueue(
                 OutboundMessage(
                     message=prepared.data,

@@ -1,6 +1,7 @@
 """Submission over real TLS on loopback: smtplib and imaplib as clients, the test PKI's
-certificates, SQLite and PostgreSQL. The outbox and the directory mirror are small in-test
-implementations of components merged later (the queue and directory work packages)."""
+certificates, SQLite and PostgreSQL. Remote recipients go to the real outbound queue (its worker
+is off here: tests/operator/test_outbox.py delivers to a second operator) and are checked
+against the real directory mirror table."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ import socket
 import ssl
 import time
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from email import message_from_bytes
 from email.message import EmailMessage
 from email.policy import SMTP
@@ -28,10 +29,12 @@ import pytest
 
 from mssante.admin import Admin
 from mssante.config import load_settings
+from mssante.directory import mirror
 from mssante.operator.passwords import hash_password
-from mssante.operator.smtp.submission import OutboundMessage
+from mssante.operator.queue import MessageView, Queue, Selection
 from mssante.operator.store import audit, mailboxes
 from mssante.operator.store.migrate import upgrade
+from mssante.operator.store.schema import QueueState
 from mssante.server import Running, start, stop
 
 FIXTURES = Path(__file__).parents[3] / "tls-fixtures"
@@ -59,24 +62,6 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-@dataclass
-class RecordingOutbox:
-    """Stands for the durable queue (branch wp-queue): records what it is given."""
-
-    calls: list[OutboundMessage] = field(default_factory=list)
-
-    async def enqueue(self, message: OutboundMessage) -> None:
-        self.calls.append(message)
-
-
-@dataclass
-class SetDirectory:
-    addresses: frozenset[str]
-
-    async def exists(self, address: str) -> bool:
-        return address in self.addresses
-
-
 @functools.cache
 def _password_hash() -> str:
     return hash_password(PASSWORD)
@@ -96,7 +81,17 @@ class Submission:
     port: int
     tls_port: int
     imap_port: int
-    outbox: RecordingOutbox | None
+
+    @property
+    def queue(self) -> Queue:
+        assert self.running.queue is not None
+        return self.running.queue
+
+    async def queued(self) -> list[MessageView]:
+        """Every message in the outbound queue, oldest first."""
+        views = await self.queue.list_recipients(Selection(everything=True))
+        ids = sorted({v.queue_id for v in views})
+        return [await self.queue.show(i) for i in ids]
 
     def starttls(self, cert: str | None = None) -> smtplib.SMTP:
         smtp = smtplib.SMTP("127.0.0.1", self.port, timeout=10)
@@ -159,8 +154,6 @@ async def running_submission(
     store_url: str,
     write_config: ConfigWriter,
     *,
-    outbox: RecordingOutbox | None = None,
-    directory: SetDirectory | None = None,
     options: str = "",
 ) -> AsyncIterator[Submission]:
     port, tls_port, imap_port = _free_port(), _free_port(), _free_port()
@@ -181,13 +174,16 @@ listen = "127.0.0.1:{port}"
 implicit_tls_listen = "127.0.0.1:{tls_port}"
 max_recipients = 5
 {options}
+[queue]
+enabled = false
 [whitelist]
 source = "{FIXTURES / "whitelist.xml"}"
 """,
     )
     settings = load_settings(config)
     await upgrade(store_url)
-    running = await start(settings, outbox=outbox, directory=directory)
+    running = await start(settings)
+    await mirror.add_entries(running.store, [mirror.Entry(KNOWN_REMOTE, "PER")])
     ops = Admin(running.store, settings, "test")
     await ops.add_domain(DOMAIN)
     await ops.add_domain("patient.mssante.test")
@@ -207,18 +203,14 @@ source = "{FIXTURES / "whitelist.xml"}"
     await ops.grant(CARDIO, SOPHIE, frozenset({"read", "write"}))
     await ops.bind_certificate(DPI, FIXTURES / "pro-1.pem")
     try:
-        yield Submission(running, port, tls_port, imap_port, outbox)
+        yield Submission(running, port, tls_port, imap_port)
     finally:
         await stop(running)
 
 
 @pytest.fixture
 async def submission(store_url: str, write_config: ConfigWriter) -> AsyncIterator[Submission]:
-    outbox = RecordingOutbox()
-    directory = SetDirectory(frozenset({KNOWN_REMOTE}))
-    async with running_submission(
-        store_url, write_config, outbox=outbox, directory=directory
-    ) as started:
+    async with running_submission(store_url, write_config) as started:
         yield started
 
 
@@ -573,31 +565,19 @@ async def test_remote_and_local_recipients(submission: Submission) -> None:
             )
 
     assert await _run(send) == {}
-    assert submission.outbox is not None
-    (call,) = submission.outbox.calls
-    assert [r.address for r in call.recipients] == [KNOWN_REMOTE]
-    assert call.recipients[0].notify == frozenset({"SUCCESS", "FAILURE"})
-    assert call.recipients[0].orcpt == f"rfc822;{KNOWN_REMOTE}"
-    assert (call.mail_from, call.ret, call.envid) == (JEAN, "HDRS", "abc123")
-    assert call.message_id == "<" + call.message_id.strip("<>") + ">"
-    assert message_from_bytes(call.message)["Message-ID"] == call.message_id
-    assert call.message.startswith(b"Received: ")
+    (queued,) = await submission.queued()
+    (recipient,) = queued.recipients
+    assert (recipient.address, recipient.state) == (KNOWN_REMOTE, QueueState.QUEUED)
+    assert recipient.notify == "FAILURE,SUCCESS"
+    assert recipient.orcpt == f"rfc822;{KNOWN_REMOTE}"
+    assert (queued.envelope_from, queued.ret, queued.envid) == (JEAN, "HDRS", "abc123")
+    assert queued.submitter == JEAN
+    content = await submission.queue.content(queued.id)
+    assert queued.message_id == "<" + (queued.message_id or "").strip("<>") + ">"
+    assert message_from_bytes(content)["Message-ID"] == queued.message_id
+    assert content.startswith(b"Received: ")  # no [dkim] private_key here: not signed
     inbox = await _run(lambda: submission.imap_fetch(PAUL))
-    assert len(inbox) == 1 and inbox[0][1] == call.message
-
-
-async def test_without_outbox_remote_recipients_wait(
-    store_url: str, write_config: ConfigWriter
-) -> None:
-    async with running_submission(store_url, write_config) as submission:
-
-        def attempt() -> tuple[int, bytes]:
-            with submission.login(JEAN) as smtp:
-                smtp.docmd("MAIL", f"FROM:<{JEAN}>")
-                return smtp.docmd("RCPT", f"TO:<{KNOWN_REMOTE}>")
-
-        assert await _run(attempt) == (451, b"4.3.0 Outbound relay not available")
-        assert "no_outbound_relay" in await submission.reasons()
+    assert len(inbox) == 1 and inbox[0][1] == content
 
 
 async def test_too_many_recipients_and_too_big(submission: Submission) -> None:
