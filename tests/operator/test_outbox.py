@@ -12,10 +12,13 @@ import email
 import functools
 import json
 import shutil
+import signal
 import smtplib
 import socket
 import ssl
 import subprocess
+import sys
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from email.message import EmailMessage, Message
@@ -24,7 +27,7 @@ from pathlib import Path
 from typing import TypeVar
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from mssante.admin import Admin
 from mssante.config import Settings, load_settings
@@ -35,7 +38,7 @@ from mssante.operator.queue import Queue, RecipientView, Selection
 from mssante.operator.store import audit, blobs, domains, mailboxes
 from mssante.operator.store.db import Store
 from mssante.operator.store.migrate import upgrade
-from mssante.operator.store.schema import FolderRow, MessageRow, QueueState
+from mssante.operator.store.schema import FolderRow, MessageRow, QueueRecipientRow, QueueState
 from mssante.server import Running, open_cipher, start, stop
 
 FIXTURES = Path(__file__).parents[2] / "tls-fixtures"
@@ -278,7 +281,8 @@ def _report_fields(report: bytes) -> tuple[Message, list[Message]]:
     (status,) = [p for p in parsed.walk() if p.get_content_type() == "message/delivery-status"]
     payload = status.get_payload()
     assert isinstance(payload, list)
-    return payload[0], payload[1:]
+    blocks = [block for block in payload if isinstance(block, Message)]
+    return blocks[0], blocks[1:]
 
 
 SENDER_SIDE = Spec(DEMO, "operator", (JEAN,), known_remote=(HOUSE, f"inconnu@{HOPITAL_A}"))
@@ -505,3 +509,121 @@ async def test_swaks_submission_reaches_the_peer(store_url: str, tmp_path: Path)
         (arrived,) = await until(lambda: b.folder(HOUSE), "swaks's message at the hospital")
         assert b"Subject: Compte rendu par swaks" in arrived
         assert b"dkim=pass" in arrived
+
+
+# --- a crash while delivering ---------------------------------------------------------------------
+
+MSSANTE = str(Path(sys.executable).with_name("mssante"))
+
+
+def _wait_greeting(port: int, proc: subprocess.Popen[bytes], seconds: float = 30) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, proc.communicate()
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1) as s:
+                if s.recv(64).startswith(b"220"):
+                    return
+        except OSError:
+            time.sleep(0.05)
+    raise AssertionError(f"port {port} never answered")
+
+
+def _serve(config: Path) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [MSSANTE, "--config", str(config), "serve"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+
+
+async def _count(store: Store, state: QueueState) -> int:
+    async with store.read_session() as session:
+        found = await session.scalar(
+            select(func.count(QueueRecipientRow.id)).where(QueueRecipientRow.state == state.value)
+        )
+    return int(found or 0)
+
+
+async def test_sigkill_while_delivering_then_everything_is_delivered_after_restart(
+    store_url: str, tmp_path: Path
+) -> None:
+    """Our operator runs as a real process; it is killed (SIGKILL: no shutdown code runs)
+    while recipients are in flight. Started again, it takes them back once their lease has
+    passed and delivers them: every acknowledged message reaches the peer, at least once."""
+    count = 60
+    b_port, relay_port, submission_port = _free_port(), _free_port(), _free_port()
+    a_dir = tmp_path / "demo"
+    config = await asyncio.to_thread(
+        _write_config,
+        SENDER_SIDE,
+        store_url,
+        a_dir,
+        {HOPITAL_A: b_port},
+        relay_port,
+        submission_port,
+        FAST_QUEUE,
+        {},
+    )
+    settings = load_settings(config)
+    await upgrade(store_url)
+    watcher = await Store.open(store_url, open_cipher(settings))
+    b_url = f"sqlite+aiosqlite:///{tmp_path / 'hopital.db'}"
+    ids = [f"<lettre-{n}@demo.mssante.test>" for n in range(count)]
+    try:
+        await _provision(watcher, settings, SENDER_SIDE)
+        async with operator(RECEIVER_SIDE, b_url, tmp_path / "hopital", {}, relay_port=b_port) as b:
+            proc = _serve(config)
+            try:
+                await _run(lambda: _wait_greeting(submission_port, proc))
+
+                def submit_all() -> None:
+                    context = ssl.create_default_context(cafile=str(FIXTURES / "ca-bundle.pem"))
+                    context.check_hostname = False
+                    with smtplib.SMTP("127.0.0.1", submission_port, timeout=20) as smtp:
+                        smtp.starttls(context=context)
+                        smtp.login(JEAN, PASSWORD)
+                        for message_id in ids:
+                            msg = email.message_from_bytes(letter(JEAN, HOUSE))
+                            msg["Message-ID"] = message_id
+                            assert smtp.sendmail(JEAN, [HOUSE], msg.as_bytes()) == {}
+
+                sending = _run(submit_all)
+
+                async def in_flight() -> int:
+                    return await _count(watcher, QueueState.IN_FLIGHT)
+
+                await until(in_flight, "recipients in flight")
+                proc.send_signal(signal.SIGKILL)
+                with contextlib.suppress(smtplib.SMTPException, OSError):
+                    await sending  # the client sees the connection close
+            finally:
+                if proc.poll() is None:
+                    proc.kill()
+                await _run(proc.communicate)
+            assert proc.returncode == -signal.SIGKILL
+            stranded = await _count(watcher, QueueState.IN_FLIGHT)
+            assert stranded > 0  # the kill did catch deliveries in flight
+            committed = {
+                v.message_id
+                for v in await Queue(watcher).list_recipients(Selection(everything=True))
+            }
+            again = _serve(config)
+            try:
+                await _run(lambda: _wait_greeting(submission_port, again))
+
+                async def all_final() -> bool:
+                    queued = await Queue(watcher).list_recipients(Selection(everything=True))
+                    return bool(queued) and all(v.state is QueueState.DELIVERED for v in queued)
+
+                await until(all_final, "every recipient delivered after the restart", 60)
+            finally:
+                again.send_signal(signal.SIGTERM)
+                await _run(again.communicate)
+            arrived = [email.message_from_bytes(m)["Message-ID"] for m in await b.folder(HOUSE)]
+            assert committed and committed <= set(arrived)  # duplicates allowed, never a loss
+            async with watcher.read_session() as session:
+                recoveries = await audit.recent(session, 50, "queue.recover")
+            assert recoveries  # taken back after the lease, audited
+    finally:
+        await watcher.close()
