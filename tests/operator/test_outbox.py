@@ -325,8 +325,13 @@ async def test_two_operators_exchange_both_ways_signed_and_verified(
     store_url: str, tmp_path: Path
 ) -> None:
     async with pair(store_url, tmp_path) as (a, b):
-        await _run(lambda: a.submit(JEAN, [HOUSE], letter(JEAN, HOUSE)))
+        sent_letter = letter(JEAN, HOUSE).replace(
+            b"Subject:", f"Disposition-Notification-To: {JEAN}\r\nSubject:".encode(), 1
+        )
+        await _run(lambda: a.submit(JEAN, [HOUSE], sent_letter))
         (arrived,) = await until(lambda: b.folder(HOUSE), "the letter at the hospital")
+        # An MDN request (RFC 8098) passes through untouched: the reader's client answers it.
+        assert f"Disposition-Notification-To: {JEAN}\r\n".encode() in arrived
         assert arrived.startswith(b"DKIM-Signature: ") is False  # the peer's trace comes first
         assert b"DKIM-Signature: " in arrived and b"d=demo.mssante.test" in arrived
         assert b"Authentication-Results: mx.hopital-a.mssante.test; dkim=pass" in arrived
@@ -379,24 +384,32 @@ async def test_success_dsn_comes_back_from_the_peer_operator(
 # --- not delivered ------------------------------------------------------------------------------
 
 
-async def test_peer_down_is_retried_then_delivered(store_url: str, tmp_path: Path) -> None:
+async def test_peer_down_is_retried_gets_one_delay_dsn_then_delivered(
+    store_url: str, tmp_path: Path
+) -> None:
     b_port = _free_port()  # nobody listens there yet
     a_dir, b_dir = tmp_path / "demo", tmp_path / "hopital"
-    async with operator(SENDER_SIDE, store_url, a_dir, {HOPITAL_A: b_port}) as a:
+    queue = FAST_QUEUE + "delay_notice_after_seconds = 0.5\n"
+    async with operator(SENDER_SIDE, store_url, a_dir, {HOPITAL_A: b_port}, queue=queue) as a:
         await _run(lambda: a.submit(JEAN, [HOUSE], letter(JEAN, HOUSE)))
 
         async def deferred() -> list[RecipientView]:
-            return [r for r in await a.recipients() if r.attempts >= 2]
+            return [r for r in await a.recipients() if r.attempts >= 3]
 
-        (waiting,) = await until(deferred, "two failed attempts")
+        (waiting,) = await until(deferred, "three failed attempts")
         assert waiting.state in (QueueState.DEFERRED, QueueState.IN_FLIGHT, QueueState.QUEUED)
         assert waiting.last_code == 451 and "cannot connect" in (waiting.last_text or "")
+        (notice,) = await until(lambda: a.folder(JEAN), "the delay DSN")
+        _, (per_recipient,) = _report_fields(notice)
+        assert per_recipient["Action"] == "delayed"
+        assert per_recipient["Status"] == "4.4.1"
+        assert per_recipient["Will-Retry-Until"]  # the expiry, 5 days after queueing
         b_url = f"sqlite+aiosqlite:///{tmp_path / 'hopital.db'}"
         async with operator(RECEIVER_SIDE, b_url, b_dir, {}, relay_port=b_port) as b:
             await until(lambda: b.folder(HOUSE), "the letter once the peer is up")
             (done,) = await until(lambda: _delivered(a), "the delivered state")
-            assert done.attempts >= 3
-        assert await a.folder(JEAN) == []  # no DSN: it was delivered in the end
+            assert done.attempts >= 4
+        assert len(await a.folder(JEAN)) == 1  # one delay notice, whatever the attempts
 
 
 async def test_peer_not_whitelisted_for_the_domain_is_deferred_then_expires_with_a_dsn(
