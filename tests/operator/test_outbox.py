@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import email
 import functools
+import imaplib
 import json
 import shutil
 import signal
@@ -48,6 +49,7 @@ DEMO = "demo.mssante.test"  # operator.pem is whitelisted for it
 HOPITAL_A = "hopital-a.mssante.test"  # peer-a.pem is whitelisted for it
 JEAN = f"jean.dupont@{DEMO}"
 HOUSE = f"dr.house@{HOPITAL_A}"
+PRO1_NATIONAL_ID = "810001234567"  # in pro-1.pem: Jean Dupont's client certificate
 T = TypeVar("T")
 # Seconds: retries come quickly here; the production defaults are docs/configuration.md's.
 FAST_QUEUE = """
@@ -147,8 +149,14 @@ def _write_config(
     submission_port: int,
     queue: str,
     dkim_records: dict[str, str],
+    imap_port: int | None = None,
 ) -> Path:
     directory.mkdir(parents=True, exist_ok=True)
+    imap = (
+        f'listen = "127.0.0.1:{imap_port}"\nimplicit_tls_listen = ""'
+        if imap_port
+        else "enabled = false"
+    )
     key = directory / "dkim.key"
     if not key.exists():
         generate_key(key)
@@ -173,7 +181,7 @@ k1 = "{"11" * 32}"
 [metrics]
 enabled = false
 [imap]
-enabled = false
+{imap}
 [relay]
 listen = "127.0.0.1:{relay_port}"
 implicit_tls_listen = ""
@@ -240,7 +248,8 @@ async def _provision(store: Store, settings: Settings, spec: Spec) -> None:
     ops = Admin(store, settings, "test")
     await ops.add_domain(spec.domain)
     for number, address in enumerate(spec.boxes, start=1):
-        await ops.add_mailbox(address, "PER", national_id=f"8100000000{number:02d}", state="active")
+        national_id = PRO1_NATIONAL_ID if address == JEAN else f"8100000000{number:02d}"
+        await ops.add_mailbox(address, "PER", national_id=national_id, state="active")
     async with store.write_session() as session, session.begin():
         for address in spec.boxes:
             await mailboxes.set_password_hash(session, address, _password_hash())
@@ -487,41 +496,102 @@ async def test_notify_never_gets_no_dsn(store_url: str, tmp_path: Path) -> None:
         assert await a.folder(JEAN) == []
 
 
-# --- a real client ----------------------------------------------------------------------------
+# --- real processes, real clients ----------------------------------------------------------------
 
 
-async def test_swaks_submission_reaches_the_peer(store_url: str, tmp_path: Path) -> None:
+def _swaks(port: int, sender: str, to: str, subject: str, *login: str) -> None:
     swaks = shutil.which("swaks")
     if swaks is None:
         pytest.fail("swaks is not installed (Debian package swaks; ./dev.sh test installs it)")
-    async with pair(store_url, tmp_path) as (a, b):
-        command = [
-            swaks,
-            "--server",
-            "127.0.0.1",
-            "--port",
-            str(a.submission_port),
-            "--tls",
-            "--auth",
-            "PLAIN",
-            "--auth-user",
-            JEAN,
-            "--auth-password",
-            PASSWORD,
-            "--from",
-            JEAN,
-            "--to",
-            HOUSE,
-            "--header",
-            "Subject: Compte rendu par swaks",
-        ]
-        done = await _run(
-            lambda: subprocess.run(command, capture_output=True, text=True, timeout=60)
+    command = [swaks, "--server", "127.0.0.1", "--port", str(port), "--tls"]
+    command += [*login, "--from", sender, "--to", to, "--header", f"Subject: {subject}"]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def _imap_subjects(port: int, user: str) -> list[str]:
+    """The Subject and Authentication-Results of each INBOX message, read over IMAP."""
+    context = ssl.create_default_context(cafile=str(FIXTURES / "ca-bundle.pem"))
+    context.check_hostname = False
+    with imaplib.IMAP4("127.0.0.1", port, timeout=10) as imap:
+        imap.starttls(context)
+        imap.login(user, PASSWORD)
+        imap.select("INBOX", readonly=True)
+        _, data = imap.uid("FETCH", "1:*", "(BODY.PEEK[HEADER])")
+    found = []
+    for item in data:
+        if isinstance(item, tuple):
+            header = email.message_from_bytes(item[1])
+            found.append(f"{header['Subject']} | {header['Authentication-Results']}")
+    return found
+
+
+async def test_two_operator_processes_swaks_both_ways_read_over_imap(
+    store_url: str, tmp_path: Path
+) -> None:
+    """Both operators are `mssante serve` processes. swaks submits with AUTH PLAIN over
+    STARTTLS and with a professional's client certificate (no AUTH: the certificate is the
+    credential); the receiving professionals read their INBOX with imaplib."""
+    ports = {
+        name: _free_port() for name in ("a_relay", "a_sub", "a_imap", "b_relay", "b_sub", "b_imap")
+    }
+    a_dir, b_dir = tmp_path / "demo", tmp_path / "hopital"
+    a_key, b_key = dkim_record(a_dir), dkim_record(b_dir)
+    b_url = f"sqlite+aiosqlite:///{tmp_path / 'hopital.db'}"
+    configs = []
+    for spec, url, directory, route, own, peer_key in (
+        (SENDER_SIDE, store_url, a_dir, {HOPITAL_A: ports["b_relay"]}, "a", {HOPITAL_A: b_key}),
+        (RECEIVER_SIDE, b_url, b_dir, {DEMO: ports["a_relay"]}, "b", {DEMO: a_key}),
+    ):
+        config = await asyncio.to_thread(
+            _write_config,
+            spec,
+            url,
+            directory,
+            route,
+            ports[f"{own}_relay"],
+            ports[f"{own}_sub"],
+            FAST_QUEUE,
+            peer_key,
+            ports[f"{own}_imap"],
         )
-        assert done.returncode == 0, done.stdout + done.stderr
-        (arrived,) = await until(lambda: b.folder(HOUSE), "swaks's message at the hospital")
-        assert b"Subject: Compte rendu par swaks" in arrived
-        assert b"dkim=pass" in arrived
+        settings = load_settings(config)
+        await upgrade(url)
+        store = await Store.open(url, open_cipher(settings))
+        try:
+            await _provision(store, settings, spec)
+        finally:
+            await store.close()
+        configs.append(config)
+    processes = [_serve(config) for config in configs]
+    try:
+        for proc, port in zip(processes, (ports["a_sub"], ports["b_sub"]), strict=True):
+            await _run(functools.partial(_wait_greeting, port, proc))
+        cert = ["--tls-cert", str(FIXTURES / "pro-1.pem"), "--tls-key", str(FIXTURES / "pro-1.key")]
+        password = ["--auth", "PLAIN", "--auth-user", JEAN, "--auth-password", PASSWORD]
+        await _run(lambda: _swaks(ports["a_sub"], JEAN, HOUSE, "Par mot de passe", *password))
+        await _run(lambda: _swaks(ports["a_sub"], JEAN, HOUSE, "Par certificat", *cert))
+        back = ["--auth", "PLAIN", "--auth-user", HOUSE, "--auth-password", PASSWORD]
+        await _run(lambda: _swaks(ports["b_sub"], HOUSE, JEAN, "Re: Par certificat", *back))
+
+        async def read(port: int, user: str, n: int) -> list[str]:
+            found = await _run(lambda: _imap_subjects(port, user))
+            return found if len(found) >= n else []
+
+        at_hospital = await until(lambda: read(ports["b_imap"], HOUSE, 2), "two letters over IMAP")
+        assert sorted(s.split(" | ")[0] for s in at_hospital) == [
+            "Par certificat",
+            "Par mot de passe",
+        ]
+        assert all("dkim=pass" in s for s in at_hospital), at_hospital
+        (at_demo,) = await until(lambda: read(ports["a_imap"], JEAN, 1), "the answer over IMAP")
+        assert at_demo.startswith("Re: Par certificat | ") and "dkim=pass" in at_demo
+    finally:
+        for proc in processes:
+            proc.send_signal(signal.SIGTERM)
+        for proc in processes:
+            await _run(proc.communicate)
+    assert [proc.returncode for proc in processes] == [0, 0]
 
 
 # --- a crash while delivering ---------------------------------------------------------------------
