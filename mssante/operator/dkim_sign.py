@@ -15,24 +15,30 @@ as it is. Choices, each with its rule:
 - `d=`: the domain of the `From:` address when it is one of `[dkim] domains` or under one of
   them (then that listed domain), else the first listed domain.
 
-The hashing runs inline for ordinary messages and in a worker thread for large ones, like
-verification (mssante.operator.dkim).
+The signature is computed here (RFC 6376 §3.4, §3.5, §3.7) with `cryptography` (OpenSSL):
+dkimpy's pure-Python RSA costs about 8 ms per signature on this machine, OpenSSL's a tenth
+of that, and every outbound message is signed. dkimpy stays the verifier (ours on arrival, and
+in the tests, where every signature made here is verified by it). The hashing runs inline for
+ordinary messages and in a worker thread for large ones, like verification
+(mssante.operator.dkim).
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import hashlib
 import os
+import re
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-import dkim as dkimpy  # type: ignore[import-untyped]
 from cryptography.exceptions import UnsupportedAlgorithm
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ed25519, padding, rsa
 
 from mssante.config import DkimSettings
 from mssante.operator.dkim import THREAD_THRESHOLD, key_name
@@ -72,6 +78,14 @@ class SigningKey:
     algorithm: Algorithm
     private: bytes  # as dkimpy takes it: PKCS#1 PEM (RSA) or the base64 seed (Ed25519)
     public_record: str  # the TXT record value to publish (RFC 6376 §3.6.1)
+    key: rsa.RSAPrivateKey | ed25519.Ed25519PrivateKey
+
+    def sign(self, data: bytes) -> bytes:
+        """The b= value's bytes over the canonicalised header `data` (RFC 6376 §3.7)."""
+        if isinstance(self.key, rsa.RSAPrivateKey):
+            return self.key.sign(data, padding.PKCS1v15(), hashes.SHA256())
+        # RFC 8463 §3: Ed25519 signs the SHA-256 hash of the data, not the data.
+        return self.key.sign(hashlib.sha256(data).digest())
 
 
 def load_signing_key(path: Path) -> SigningKey:
@@ -104,7 +118,7 @@ def load_signing_key(path: Path) -> SigningKey:
         spki = key.public_key().public_bytes(
             serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
         )
-        return SigningKey("rsa-sha256", pkcs1, _record("rsa", spki))
+        return SigningKey("rsa-sha256", pkcs1, _record("rsa", spki), key)
     if isinstance(key, ed25519.Ed25519PrivateKey):
         seed = key.private_bytes(
             serialization.Encoding.Raw,
@@ -115,7 +129,9 @@ def load_signing_key(path: Path) -> SigningKey:
             serialization.Encoding.Raw, serialization.PublicFormat.Raw
         )
         # RFC 8463 §4.2: p= is the base64 of the 32-octet public key itself.
-        return SigningKey("ed25519-sha256", base64.b64encode(seed), _record("ed25519", raw_public))
+        return SigningKey(
+            "ed25519-sha256", base64.b64encode(seed), _record("ed25519", raw_public), key
+        )
     raise DkimKeyError(f"{path}: neither an RSA nor an Ed25519 private key")
 
 
@@ -196,25 +212,42 @@ class DkimSigner:
                     return domain
         return self.domains[0]
 
-    def signature_field(self, message: bytes) -> bytes:
+    def signature_field(self, message: bytes, now: float | None = None) -> bytes:
         """The `DKIM-Signature:` field (CRLF-terminated) to put on top of `message`."""
-        header = split_header(message)
-        present = [f.name for f in header.fields]
-        names: list[bytes] = []
+        head, body = _split(message)
+        fields = _fields(head)
+        present = [name for name, _ in fields]
+        names: list[str] = []
         for name in SIGNED_FIELDS:
-            names += [name.encode("ascii")] * max(present.count(name), 1)
-        names.append(b"from")  # oversigned: a From: added later breaks the signature
-        field: bytes = dkimpy.sign(
-            message,
-            self.selector.encode("ascii"),
-            self.domain_for(message).encode("ascii"),
-            self.key.private,
-            canonicalize=(b"relaxed", b"relaxed"),
-            signature_algorithm=self.key.algorithm.encode("ascii"),
-            include_headers=names,
-            linesep=b"\r\n",
-        )
-        return field
+            names += [name] * max(present.count(name), 1)
+        names.append("from")  # oversigned: a From: added later breaks the signature
+        body_hash = base64.b64encode(hashlib.sha256(_relaxed_body(body)).digest()).decode()
+        tags = [
+            "v=1",
+            f"a={self.key.algorithm}",
+            "c=relaxed/relaxed",
+            f"d={self.domain_for(message)}",
+            f"s={self.selector}",
+            f"t={int(time.time() if now is None else now)}",
+            "h=" + ":".join(names),
+            f"bh={body_hash}",
+            "b=",
+        ]
+        unsigned = _fold("DKIM-Signature: " + "; ".join(tags))
+        # RFC 6376 §5.4.2: each listed name takes the next instance from the bottom up; a
+        # name listed more often than it occurs adds nothing (it signs the absence).
+        remaining: dict[str, list[bytes]] = {}
+        for name, raw in fields:
+            remaining.setdefault(name, []).append(raw)
+        signed = bytearray()
+        for name in names:
+            instances = remaining.get(name)
+            if instances:
+                signed += _relaxed_header(instances.pop())
+        signed += _relaxed_header(unsigned).removesuffix(b"\r\n")  # §3.7: without its CRLF
+        value = base64.b64encode(self.key.sign(bytes(signed))).decode("ascii")
+        chunks = [value[i : i + B64_LINE] for i in range(0, len(value), B64_LINE)]
+        return unsigned.removesuffix(b"\r\n") + "\r\n\t".join(chunks).encode() + b"\r\n"
 
     async def sign(self, message: bytes) -> bytes:
         """`message` with our DKIM-Signature prepended; hashing off the loop when large."""
@@ -223,3 +256,79 @@ class DkimSigner:
         else:
             field = self.signature_field(message)
         return field + message
+
+
+# --- RFC 6376 §3.4.2 and §3.4.4: relaxed canonicalisation -------------------------------------
+
+B64_LINE = 72  # b= is folded into lines of this many base64 characters
+_HEADER_END = re.compile(rb"\r?\n\r?\n")
+_WSP_RUN = re.compile(rb"[ \t]+")
+_TRAILING_WSP = re.compile(rb"[ \t]+\r\n")
+_UNFOLD = re.compile(rb"\r?\n(?=[ \t])")
+
+
+def _split(message: bytes) -> tuple[bytes, bytes]:
+    """(header with its last CRLF, body); bare LF line ends made CRLF (§5.3: canonicalise
+    as the message will travel, and SMTP carries CRLF)."""
+    if b"\n" in message.replace(b"\r\n", b""):
+        message = re.sub(rb"\r?\n", b"\r\n", message)
+    match = _HEADER_END.search(message)
+    if match is None:
+        return message if message.endswith(b"\r\n") else message + b"\r\n", b""
+    return message[: match.start()] + b"\r\n", message[match.end() :]
+
+
+def _fields(head: bytes) -> list[tuple[str, bytes]]:
+    """(lower-cased name, the whole field with its folding and CRLF), in order."""
+    fields: list[tuple[str, bytes]] = []
+    for line in head.split(b"\r\n")[:-1]:
+        if line[:1] in (b" ", b"\t") and fields:
+            name, raw = fields[-1]
+            fields[-1] = (name, raw + line + b"\r\n")
+        elif b":" in line:
+            name = line.split(b":", 1)[0].strip().lower().decode("ascii", "replace")
+            fields.append((name, line + b"\r\n"))
+    return fields
+
+
+def _relaxed_header(raw: bytes) -> bytes:
+    """§3.4.2: name lower-cased, value unfolded, white space runs one space, none at the ends."""
+    name, _, value = raw.partition(b":")
+    value = _WSP_RUN.sub(b" ", _UNFOLD.sub(b"", value.removesuffix(b"\r\n"))).strip(b" ")
+    return name.strip(b" \t").lower() + b":" + value + b"\r\n"
+
+
+def _relaxed_body(body: bytes) -> bytes:
+    """§3.4.4: white space runs one space, none at line ends, no empty lines at the end."""
+    if not body:
+        return b""
+    text = _TRAILING_WSP.sub(b"\r\n", _WSP_RUN.sub(b" ", body))
+    if not text.endswith(b"\r\n"):
+        text = text.rstrip(b" \t") + b"\r\n"
+    while text.endswith(b"\r\n\r\n"):
+        text = text[:-2]
+    return b"" if text == b"\r\n" else text
+
+
+def _fold(field: str) -> bytes:
+    """The field folded between tags so that lines stay under 78 characters (RFC 5322 §2.1.1);
+    CRLF-terminated. The h= list is folded at its colons when it is long."""
+    lines: list[str] = []
+    line = ""
+    for index, part in enumerate(field.split("; ")):
+        piece = part if index == len(field.split("; ")) - 1 else part + ";"
+        for word in _split_long(piece):
+            if line and len(line) + 1 + len(word) > 76:
+                lines.append(line)
+                line = "\t" + word
+            else:
+                line = f"{line} {word}" if line else word
+    lines.append(line)
+    return ("\r\n".join(lines) + "\r\n").encode("ascii")
+
+
+def _split_long(piece: str) -> list[str]:
+    if len(piece) <= 70 or not piece.startswith("h="):
+        return [piece]
+    names = piece.split(":")
+    return [name + ":" for name in names[:-1]] + [names[-1]]

@@ -92,6 +92,45 @@ async def test_signed_message_verifies_with_our_verifier_and_with_dkimpy(
     assert dkimpy.verify(signed, dnsfunc=dnsfunc) is True
 
 
+AWKWARD = (
+    b"from:  Dr Jean Dupont\r\n\t<jean.dupont@demo.mssante.test>  \r\n"
+    b"To: a@hopital-a.mssante.test\r\n"
+    b"TO: b@hopital-a.mssante.test\r\n"
+    b"Subject:\tR\xc3\xa9sultats  \t d'analyses\r\n"
+    b"Date: Mon, 24 Nov 2025 09:30:00 +0100\r\n"
+    b"\r\n"
+    b"ligne avec  espaces \t \r\n"
+    b"\r\n"
+    b"\ttabulation en t\xc3\xaate\r\n"
+    b"\r\n\r\n\r\n"
+)
+
+
+@pytest.mark.parametrize("kind", ["rsa", "ed25519"])
+@pytest.mark.parametrize(
+    "message",
+    [AWKWARD, MESSAGE.split(b"\r\n\r\n")[0] + b"\r\n\r\n", MESSAGE.replace(b"\r\n", b"\n")],
+    ids=["white-space-and-repeated-fields", "empty-body", "bare-lf"],
+)
+async def test_canonicalisation_agrees_with_dkimpy(
+    kind: str, message: bytes, rsa_key: Path, ed_key: Path
+) -> None:
+    """Our relaxed canonicalisation (RFC 6376 §3.4.2, §3.4.4) against dkimpy's verifier on the
+    cases it is easy to get wrong: folded and mixed-case names, repeated fields (signed from the
+    bottom up), white space runs and trailing white space, empty lines at the end, no body,
+    and LF line ends (signed as the CRLF they travel as)."""
+    signer = signer_for(rsa_key if kind == "rsa" else ed_key)
+    signed = (await signer.sign(message)).replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
+    record = signer.key.public_record.encode()
+
+    def dnsfunc(name: bytes, timeout: float = 5) -> bytes | None:
+        return record if name.decode().rstrip(".") == f"{SELECTOR}._domainkey.{DOMAIN}" else None
+
+    assert dkimpy.verify(signed, dnsfunc=dnsfunc) is True
+    tampered = signed.replace(b"b@hopital-a", b"c@hopital-a").replace(b"Date: Mon", b"Date: Tue")
+    assert dkimpy.verify(tampered, dnsfunc=dnsfunc) is False
+
+
 async def test_modified_body_or_added_header_fails(rsa_key: Path) -> None:
     signer = signer_for(rsa_key)
     signed = await signer.sign(MESSAGE)
