@@ -159,6 +159,9 @@ class OutboundSettings:
     """The port of the hosts found by MX lookup (RFC 5321 §4.5.4.2: 25)."""
     max_connections_per_destination: int = 4
     max_messages_per_connection: int = 100
+    connection_cache_seconds: float = 10.0
+    """A connection is kept open this long after a delivery, for the next one to the same
+    destination (checked with RSET before reuse); 0: closed after each delivery."""
     connect_timeout_seconds: float = 30.0
     command_timeout_seconds: float = 300.0
     """Each reply (greeting, EHLO, STARTTLS, MAIL, RCPT…): RFC 5321 §4.5.3.2 asks 5 minutes."""
@@ -555,6 +558,8 @@ def _check_outbound(outbound: OutboundSettings) -> None:
     for key in ("max_connections_per_destination", "max_messages_per_connection"):
         if getattr(outbound, key) < 1:
             raise ConfigError(f"outbound.{key}: must be at least 1")
+    if outbound.connection_cache_seconds < 0:
+        raise ConfigError("outbound.connection_cache_seconds: must not be negative")
     for key in (
         "connect_timeout_seconds",
         "command_timeout_seconds",

@@ -79,18 +79,20 @@ class AuditSink:
         if not batch:
             return
         try:
+            traces = [
+                audit.Trace(
+                    item.event,
+                    item.outcome,
+                    item.actor,
+                    item.peer_ip,
+                    item.peer_dn,
+                    item.target,
+                    item.details,
+                )
+                for item in batch
+            ]
             async with self._store.session() as session, session.begin():
-                for item in batch:
-                    await audit.record(
-                        session,
-                        item.event,
-                        item.outcome,
-                        actor=item.actor,
-                        peer_ip=item.peer_ip,
-                        peer_dn=item.peer_dn,
-                        target=item.target,
-                        details=item.details,
-                    )
+                await audit.record_many(session, traces)  # one statement for the batch
         except Exception:
             # The database is down: keep the events for the next try, within the bound.
             room = MAX_BUFFER - len(self._buffer)

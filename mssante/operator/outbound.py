@@ -322,6 +322,7 @@ class _Connection:
         self.number = number
         self.peer = peer
         self.peer_ip = _peer_ip(smtp)
+        self.sent = 0  # messages sent on this connection, over every use
 
     @property
     def alive(self) -> bool:
@@ -379,6 +380,10 @@ class OutboundClient:
         self._tls = pki.client_context(present_certificate=True, check_hostname=False)
         self._limits: dict[Target, asyncio.Semaphore] = {}
         self._numbers = itertools.count(1)
+        # Connections kept open after a delivery, for the next one to the same destination:
+        # keyed by domain too, since the peer was judged acceptable for that domain only.
+        self._idle: dict[tuple[str, Target], list[_Connection]] = {}
+        self._closing: set[asyncio.Task[None]] = set()
 
     @property
     def resolver(self) -> dns.asyncresolver.Resolver:
@@ -410,18 +415,24 @@ class OutboundClient:
                 async with limit:
                     if not pending or failure:
                         return
-                    opened = await self._open(domain, resolution.targets)
+                    reused = await self._reuse(domain, resolution.targets)
+                    opened = reused or await self._open(domain, resolution.targets)
                     if isinstance(opened, MailError):
                         failure.append(opened)
                         return
                     sent = 0
                     try:
-                        while pending and sent < out.max_messages_per_connection and opened.alive:
+                        while (
+                            pending
+                            and opened.sent < out.max_messages_per_connection
+                            and opened.alive
+                        ):
                             index, message = pending.popleft()
                             results[index] = await self._send(domain, opened, message)
+                            opened.sent += 1
                             sent += 1
                     finally:
-                        await opened.close()
+                        await self._park(domain, opened)
                     if sent == 0 and pending:
                         # A peer that closes at once after TLS: no reconnection loop.
                         failure.append(_connection_lost("the peer closed the connection"))
@@ -438,6 +449,62 @@ class OutboundClient:
         for result in recipients:
             self._record(message, result)
         return MessageResult(message.ref, recipients)
+
+    # -- connection reuse ------------------------------------------------------------------
+
+    async def _reuse(self, domain: str, targets: Sequence[Target]) -> _Connection | None:
+        """A connection left open by an earlier delivery to this domain, checked with RSET
+        (the peer may have closed it meanwhile); None when there is none."""
+        for target in targets:
+            idle = self._idle.get((domain, target))
+            while idle:
+                conn = idle.pop()
+                if not conn.alive:
+                    self._close_later(conn)
+                    continue
+                try:
+                    code, _ = await conn.command(b"RSET")
+                except _ConnectionLostError:
+                    code = 0
+                if code == 250:
+                    return conn
+                self._close_later(conn)
+        return None
+
+    async def _park(self, domain: str, conn: _Connection) -> None:
+        """Keep `conn` for the next delivery to `domain` for `connection_cache_seconds`, or
+        close it (cache off, connection lost, or its message allowance used up)."""
+        out = self.settings.outbound
+        if (
+            out.connection_cache_seconds <= 0
+            or not conn.alive
+            or conn.sent >= out.max_messages_per_connection
+        ):
+            await conn.close()
+            return
+        key = (domain, conn.target)
+        self._idle.setdefault(key, []).append(conn)
+        asyncio.get_running_loop().call_later(out.connection_cache_seconds, self._expire, key, conn)
+
+    def _expire(self, key: tuple[str, Target], conn: _Connection) -> None:
+        idle = self._idle.get(key)
+        if idle and conn in idle:  # still unused since it was parked
+            idle.remove(conn)
+            self._close_later(conn)
+
+    def _close_later(self, conn: _Connection) -> None:
+        task = asyncio.get_running_loop().create_task(conn.close())
+        self._closing.add(task)
+        task.add_done_callback(self._closing.discard)
+
+    async def close(self) -> None:
+        """Close the connections kept for reuse (at shutdown)."""
+        for idle in self._idle.values():
+            for conn in idle:
+                self._close_later(conn)
+        self._idle.clear()
+        if self._closing:
+            await asyncio.gather(*self._closing, return_exceptions=True)
 
     # -- connecting ------------------------------------------------------------------------
 

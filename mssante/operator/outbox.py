@@ -20,8 +20,10 @@ Three parts, each over pieces defined elsewhere:
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
+import time
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -138,19 +140,36 @@ def _notify(keywords: frozenset[str] | None) -> frozenset[str] | None:
 
 
 class WakeUp:
-    """An event the worker's loops wait on (set by enqueues) — one flag, many sleepers."""
+    """What the worker's idle loops wait on: each `set` (a message queued) wakes one loop, not
+    all of them — the others would find nothing to claim and only cost the database. A `set`
+    with no loop waiting is kept for the next `wait`."""
 
     def __init__(self) -> None:
-        self._event = asyncio.Event()
+        self._sleepers: collections.deque[asyncio.Future[None]] = collections.deque()
+        self._kept = False
 
     def set(self) -> None:
-        self._event.set()
+        while self._sleepers:
+            sleeper = self._sleepers.popleft()
+            if not sleeper.done():
+                sleeper.set_result(None)
+                return
+        self._kept = True
 
     async def wait(self, seconds: float) -> None:
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(seconds):
-                await self._event.wait()
-        self._event.clear()
+        """Return when woken or after `seconds`."""
+        if self._kept:
+            self._kept = False
+            return
+        sleeper = asyncio.get_running_loop().create_future()
+        self._sleepers.append(sleeper)
+        try:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(seconds):
+                    await sleeper
+        finally:
+            if sleeper in self._sleepers:
+                self._sleepers.remove(sleeper)
 
 
 # --- queue → peers --------------------------------------------------------------------------
@@ -218,6 +237,8 @@ class OutboundWorker:
         self.wake = wake or WakeUp()
         self._tasks: list[asyncio.Task[None]] = []
         self._dsn_lock = asyncio.Lock()
+        self._dsn_wanted = True  # a DSN pass is due (set by a pass whose results may owe one)
+        self._dsn_next = 0.0  # monotonic time of the next DSN pass in any case
         self._closing = False
 
     async def start(self) -> None:
@@ -234,12 +255,19 @@ class OutboundWorker:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks.clear()
+        await self._client.close()
 
     async def _loop(self) -> None:
         while not self._closing:
             try:
                 report = await self.run_once()
-                owed = await self.send_dsns()
+                owed = 0
+                # DSNs: after a pass that may owe one, and every poll_seconds (the success
+                # reports local delivery owes, and anything another process recorded).
+                if self._dsn_wanted or time.monotonic() >= self._dsn_next:
+                    self._dsn_wanted = False
+                    self._dsn_next = time.monotonic() + self.config.poll_seconds
+                    owed = await self.send_dsns()
             except asyncio.CancelledError:
                 raise
             except Exception:
@@ -269,6 +297,19 @@ class OutboundWorker:
         outcomes = await asyncio.gather(*(self._deliver(batch) for batch in claim.batches))
         results = [r for batch in outcomes for r in batch]
         recorded = await self._queue.record(claim.token, results)
+        success_asked = {
+            r.id
+            for b in claim.batches
+            for m in b.messages
+            for r in m.recipients
+            if r.notify is not None and "SUCCESS" in r.notify
+        }
+        if any(
+            r.outcome is not q.AttemptOutcome.DELIVERED
+            or (r.recipient_id in success_asked and not r.peer_took_dsn)
+            for r in results
+        ):
+            self._dsn_wanted = True
         states = list(recorded.states.values())
         return PassReport(
             claimed=len(claim.recipient_ids),

@@ -234,9 +234,11 @@ source = "{FIXTURES / "whitelist.xml"}"
     await whitelist.load()
     sink = AuditSink(store)  # our audit trail, in the test database (shared with the peer)
     await sink.start()
+    client = OutboundClient(settings, pki, whitelist, sink, resolver)
     try:
-        yield Sender(OutboundClient(settings, pki, whitelist, sink, resolver), sink, settings)
+        yield Sender(client, sink, settings)
     finally:
+        await client.close()
         await sink.close()
 
 

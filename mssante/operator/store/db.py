@@ -135,8 +135,11 @@ def create_engine(url: str) -> AsyncEngine:
         engine = _create_async_engine(
             parsed,
             module=_aiosqlite.DBAPI(),  # one trip to the SQLite thread per statement
-            # Writers serialise on the file anyway; a few connections serve concurrent readers.
-            pool_size=5,
+            # Writers serialise on the file anyway; the connections serve concurrent readers.
+            # Kept open: an overflow connection is closed when handed back, and opening one
+            # (a thread, the file, the pragmas, our SQL functions) costs more than a query, so
+            # the pool holds what a busy operator uses at once (sessions, committers, worker).
+            pool_size=20,
             max_overflow=10,
             pool_timeout=SQLITE_BUSY_TIMEOUT_MS / 1000,
         )
