@@ -556,11 +556,23 @@ class SubmissionServer(SmtpListener):
 
     async def _sent_folder(self, sender: str) -> int | None:
         """The Sent folder of the mailbox the message is sent as (docs/submission.md: the
-        holder of a mailbox sees what is sent in its name, by a delegate or a member too)."""
+        holder of a mailbox sees what is sent in its name, by a delegate or a member too).
+        None when that mailbox is at or over its quota: the message still goes, without the
+        copy (refusing to send because the Sent folder is full would help nobody)."""
         async with self.store.read_session() as session:
             box = await session.scalar(
                 select(MailboxRow.id).where(MailboxRow.address == sender.lower())
             )
             if box is None:
                 return None
-            return await folders.special_use_folder(session, box, SpecialUse.SENT)
+            folder = await folders.special_use_folder(session, box, SpecialUse.SENT)
+        if folder is None:
+            return None
+        try:
+            await self.delivery.check_recipient(sender)
+        except MailError as exc:
+            if exc.reason != "over_quota":
+                raise
+            log.warning("Sent copy skipped: mailbox over quota", extra={"mailbox": sender})
+            return None
+        return folder

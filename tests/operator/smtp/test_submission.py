@@ -499,6 +499,20 @@ async def test_local_recipient_reads_it_over_imap_and_sent_has_a_copy(
     assert sent[0][1] == raw
 
 
+async def test_sender_over_quota_still_sends_without_a_sent_copy(submission: Submission) -> None:
+    ops = Admin(submission.running.store, submission.running.settings, "test")
+    await ops.set_quota(JEAN, "1")  # one byte: full as soon as it holds a message
+
+    def send(sender: str, to: str) -> None:
+        with submission.login(sender) as smtp:
+            smtp.sendmail(sender, [to], message(sender, to))
+
+    await _run(lambda: send(PAUL, JEAN))  # accepted while empty; now over quota
+    await _run(lambda: send(JEAN, PAUL))
+    assert len(await _run(lambda: submission.imap_fetch(PAUL))) == 1  # sent all the same
+    assert await _run(lambda: submission.imap_fetch(JEAN, "Sent")) == []  # no copy kept
+
+
 async def test_save_sent_off(store_url: str, write_config: ConfigWriter) -> None:
     async with running_submission(
         store_url, write_config, options="save_sent = false"
