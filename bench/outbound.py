@@ -266,6 +266,7 @@ def main() -> None:
     parser.add_argument("--submitters", type=int, default=8)
     parser.add_argument("--messages", type=int, default=250, help="per submitter")
     parser.add_argument("--size", type=int, default=10240, help="message size in bytes")
+    parser.add_argument("--workers", type=int, default=4, help="A's [queue] workers")
     args = parser.parse_args()
     workdir = Path(tempfile.mkdtemp(prefix="mssante-outbound-bench-"))
     scratch: list[str] = []
@@ -297,7 +298,9 @@ listen = "127.0.0.1:{a_sub}"
 implicit_tls_listen = ""
 max_connections_per_ip = 100
 max_commands = 100000""",
-            f"""[outbound.routes]
+            f"""[queue]
+workers = {args.workers}
+[outbound.routes]
 "{B_DOMAIN}" = "127.0.0.1:{b_relay}"
 [dkim]
 private_key = "{key}"

@@ -152,3 +152,34 @@ async def test_read_sessions_do_not_wait_for_a_writer(store_url: str, cipher: Bl
             await writer.commit()
         async with store.read_session() as reader:
             assert await reader.scalar(text("SELECT count(*) FROM domains")) == 1
+
+
+async def test_sqlite_writers_of_one_process_take_turns(tmp_path: Path, cipher: BlobCipher) -> None:
+    """Write sessions queue on the process's turn (not on SQLite's sleeping busy handler), in
+    order, and every one commits; a write session opened inside another fails at once."""
+    url = f"sqlite+aiosqlite:///{tmp_path / 'turns.db'}"
+    await upgrade(url)
+    async with await Store.open(url, cipher) as store:
+        order: list[int] = []
+
+        async def write(n: int) -> None:
+            async with store.session() as session:
+                order.append(n)
+                session.add(DomainRow(name=f"d{n}.example"))
+                await asyncio.sleep(0)  # hand the loop to the others while holding the turn
+                await session.commit()
+                order.append(n)
+
+        await asyncio.gather(*(write(n) for n in range(20)))
+        # Each session ran alone: its two marks are adjacent.
+        assert all(order[i] == order[i + 1] for i in range(0, len(order), 2))
+        async with store.read_session() as reader:
+            assert await reader.scalar(text("SELECT count(*) FROM domains")) == 20
+        async with store.session() as outer:
+            with pytest.raises(RuntimeError, match="inside another"):
+                async with store.session():
+                    pass
+            await outer.commit()
+        async with store.session() as after:  # the turn was given back
+            after.add(DomainRow(name="after.example"))
+            await after.commit()

@@ -17,10 +17,18 @@ waiting. So `Store.session()`, the default, issues `BEGIN IMMEDIATE` on SQLite: 
 on the busy timeout and never fail that way. Read-only work (IMAP FETCH, webmail pages) uses
 `Store.read_session()`, a plain deferred BEGIN that does not hold up writers. On PostgreSQL the
 two are the same (READ COMMITTED, row locks taken by the statements themselves).
+
+Within one process, SQLite write sessions also take turns on an asyncio lock before they
+begin. Without it, writers of one process meet at SQLite's lock, and SQLite's busy handler
+waits by sleeping (1, 2, 5, 10… up to 100 ms at a time): with several committers (local
+delivery, APPEND, the outbound queue, the audit trail) the process then spends its time
+asleep. With it they queue in order and each begins the moment the previous one ends; the
+busy timeout is left for other processes (the CLI) sharing the file.
 """
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -195,6 +203,50 @@ async def open_engine(url: str) -> AsyncEngine:
     return engine
 
 
+class _WriteTurn:
+    """The process's turn to write to its SQLite file. A task that asks for it while holding
+    it (a write session opened inside another) is a bug that SQLite would answer with a
+    30-second wait and an error; here it fails at once, naming the cause."""
+
+    def __init__(self) -> None:
+        self._lock = asyncio.Lock()
+        self._owner: asyncio.Task[Any] | None = None
+
+    async def acquire(self) -> None:
+        task = asyncio.current_task()
+        if task is not None and task is self._owner:
+            raise RuntimeError("a write session was opened inside another one (SQLite)")
+        await self._lock.acquire()
+        self._owner = task
+
+    def release(self) -> None:
+        self._owner = None
+        self._lock.release()
+
+
+class _TurnSession(AsyncSession):
+    """A write session that waits for its turn on the process's SQLite write lock, from the
+    start of its `async with` block to its end."""
+
+    def __init__(self, *args: Any, write_turn: _WriteTurn, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._turn = write_turn
+        self._holding = False
+
+    async def __aenter__(self) -> _TurnSession:
+        await self._turn.acquire()
+        self._holding = True
+        return self
+
+    async def __aexit__(self, type_: Any, value: Any, traceback: Any) -> None:
+        try:
+            await super().__aexit__(type_, value, traceback)
+        finally:
+            if self._holding:
+                self._holding = False
+                self._turn.release()
+
+
 class Store:
     """The engine, the session factories and the blob cipher, opened once per process.
 
@@ -206,9 +258,16 @@ class Store:
         self.engine = engine
         self.cipher = cipher
         # Objects stay readable after commit: values are handed to the caller, never re-read.
-        self.sessionmaker = async_sessionmaker(
-            engine.execution_options(**{_BEGIN_OPTION: "IMMEDIATE"}), expire_on_commit=False
-        )
+        writer = engine.execution_options(**{_BEGIN_OPTION: "IMMEDIATE"})
+        if engine.dialect.name == "sqlite":
+            self.sessionmaker: async_sessionmaker[AsyncSession] = async_sessionmaker(
+                writer,
+                class_=_TurnSession,
+                expire_on_commit=False,
+                write_turn=_WriteTurn(),
+            )
+        else:
+            self.sessionmaker = async_sessionmaker(writer, expire_on_commit=False)
         self.read_sessionmaker = async_sessionmaker(engine, expire_on_commit=False)
 
     @classmethod
