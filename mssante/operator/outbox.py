@@ -324,10 +324,10 @@ class OutboundWorker:
         wire: list[WireMessage] = []
         ids: list[tuple[int, ...]] = []
         results: list[q.AttemptResult] = []
+        contents = await self._queue.contents([m.id for m in batch.messages])
         for message in batch.messages:
-            try:
-                data = await self._queue.content(message.id)
-            except NotFound:
+            data = contents.get(message.id)
+            if data is None:
                 # Deleted by an administrator meanwhile: nothing to send, nothing to record.
                 continue
             wire.append(

@@ -631,6 +631,21 @@ class Queue:
                 raise NotFound(f"queued message {queue_id}: no content (released or deleted)")
             return await blobs.get_blob(session, self._store.cipher, blob_id)
 
+    async def contents(self, queue_ids: Sequence[int]) -> dict[int, bytes]:
+        """`content` of several messages in one read; released or deleted ones are left out."""
+        out: dict[int, bytes] = {}
+        async with self._store.read_session() as session:
+            for i in range(0, len(queue_ids), _IN_CHUNK):
+                rows = await session.execute(
+                    select(QueueMessageRow.id, QueueMessageRow.blob_id).where(
+                        QueueMessageRow.id.in_(queue_ids[i : i + _IN_CHUNK]),
+                        QueueMessageRow.blob_id.is_not(None),
+                    )
+                )
+                for queue_id, blob_id in rows.all():
+                    out[queue_id] = await blobs.get_blob(session, self._store.cipher, blob_id)
+        return out
+
     async def record(self, token: str, results: Sequence[AttemptResult]) -> RecordReport:
         """Apply the results of the recipients claimed under `token`, in one transaction."""
         now = self.now()

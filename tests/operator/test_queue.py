@@ -501,6 +501,19 @@ async def test_content_used_elsewhere_in_the_store_is_kept(queue: Queue, store: 
         assert await blobs.get_blob(session, store.cipher, blob_id) == CONTENT
 
 
+async def test_contents_of_several_messages_in_one_read(queue: Queue) -> None:
+    first = await queue.enqueue(envelope("a@x.test"), CONTENT)
+    second = await queue.enqueue(envelope("b@x.test"), CONTENT + b"second\r\n")
+    released = await queue.enqueue(envelope("c@x.test"), b"Subject: c\r\n\r\nc\r\n")
+    claim = await queue.claim()
+    (last,) = [
+        r.id for b in claim.batches for m in b.messages if m.id == released for r in m.recipients
+    ]
+    await queue.record(claim.token, [result(last, AttemptOutcome.DELIVERED)])
+    got = await queue.contents([first, second, released, 999_999])
+    assert got == {first: CONTENT, second: CONTENT + b"second\r\n"}  # released, unknown: absent
+
+
 # --- administration ----------------------------------------------------------------------------
 
 

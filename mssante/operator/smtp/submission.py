@@ -29,7 +29,7 @@ import secrets
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from aiosmtpd.smtp import MISSING
 from prometheus_client import Counter, Histogram
@@ -73,6 +73,9 @@ ACCEPT_SECONDS = Histogram(
     "From end of DATA to the 250 (local commit and outbox enqueue)",
 )
 
+T = TypeVar("T")
+LOOKUP_TTL_SECONDS = 30.0  # hosted domains and Sent folders, read once per this per process
+LOOKUP_CACHE_SIZE = 10_000
 MECHANISMS = ("PLAIN", "LOGIN", "EXTERNAL")  # RFC 4616, draft-murchison-sasl-login, RFC 4422
 _MAIL_AUTH_PARAM = re.compile(r"\s+AUTH=\S*", re.IGNORECASE)  # RFC 4954 §5, ignored
 
@@ -485,6 +488,10 @@ class SubmissionServer(SmtpListener):
         # A client certificate is asked for, never required (password users have none), for
         # AUTH EXTERNAL; its dates are judged after the handshake, as for IMAP.
         self.tls_context = pki.server_context("optional", defer_validity_dates=True)
+        # Read at every RCPT and DATA, changed by an administrator now and then: kept for
+        # LOOKUP_TTL_SECONDS (a domain added or a Sent folder renamed is seen within that).
+        self._hosted: dict[str, tuple[float, bool]] = {}
+        self._sent_folders: dict[str, tuple[float, int | None]] = {}
 
     @property
     def config(self) -> SubmissionSettings:
@@ -507,8 +514,7 @@ class SubmissionServer(SmtpListener):
     async def route(self, address: str) -> Route:
         """Where one recipient goes (policy.route_recipient), or MailError."""
         domain = address.rpartition("@")[2].lower().rstrip(".")
-        async with self.store.read_session() as session:
-            hosted = await domains.is_hosted(session, domain) if domain else False
+        hosted = await self._is_hosted(domain) if domain else False
         snapshot = self.whitelist.current
         route = policy.route_recipient(
             address,
@@ -536,9 +542,18 @@ class SubmissionServer(SmtpListener):
         params = transaction.params
         sent_folder = await self._sent_folder(params.sender) if self.config.save_sent else None
         if transaction.recipients or sent_folder is not None:
-            await self.delivery.deliver(
-                transaction.envelope(), prepared.data, info, traced=True, sent_folder=sent_folder
-            )
+            try:
+                await self.delivery.deliver(
+                    transaction.envelope(),
+                    prepared.data,
+                    info,
+                    traced=True,
+                    sent_folder=sent_folder,
+                )
+            except MailError:
+                # The Sent folder may be gone since it was looked up: look again next time.
+                self._sent_folders.pop(params.sender.lower(), None)
+                raise
         if transaction.remote:
             await self.outbox.enqueue(
                 OutboundMessage(
@@ -554,18 +569,35 @@ class SubmissionServer(SmtpListener):
                 )
             )
 
+    async def _is_hosted(self, domain: str) -> bool:
+        now = time.monotonic()
+        cached = self._hosted.get(domain)
+        if cached is not None and cached[0] > now:
+            return cached[1]
+        async with self.store.read_session() as session:
+            hosted = await domains.is_hosted(session, domain)
+        _remember(self._hosted, domain, (now + LOOKUP_TTL_SECONDS, hosted))
+        return hosted
+
     async def _sent_folder(self, sender: str) -> int | None:
         """The Sent folder of the mailbox the message is sent as (docs/submission.md: the
         holder of a mailbox sees what is sent in its name, by a delegate or a member too).
         None when that mailbox is at or over its quota: the message still goes, without the
         copy (refusing to send because the Sent folder is full would help nobody)."""
-        async with self.store.read_session() as session:
-            box = await session.scalar(
-                select(MailboxRow.id).where(MailboxRow.address == sender.lower())
-            )
-            if box is None:
-                return None
-            folder = await folders.special_use_folder(session, box, SpecialUse.SENT)
+        key = sender.lower()
+        now = time.monotonic()
+        cached = self._sent_folders.get(key)
+        if cached is not None and cached[0] > now:
+            folder = cached[1]
+        else:
+            async with self.store.read_session() as session:
+                box = await session.scalar(select(MailboxRow.id).where(MailboxRow.address == key))
+                folder = (
+                    await folders.special_use_folder(session, box, SpecialUse.SENT)
+                    if box is not None
+                    else None
+                )
+            _remember(self._sent_folders, key, (now + LOOKUP_TTL_SECONDS, folder))
         if folder is None:
             return None
         try:
@@ -576,3 +608,9 @@ class SubmissionServer(SmtpListener):
             log.warning("Sent copy skipped: mailbox over quota", extra={"mailbox": sender})
             return None
         return folder
+
+
+def _remember(cache: dict[str, tuple[float, T]], key: str, value: tuple[float, T]) -> None:
+    if len(cache) >= LOOKUP_CACHE_SIZE:
+        cache.pop(next(iter(cache)))  # the oldest entry
+    cache[key] = value
