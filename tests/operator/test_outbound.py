@@ -315,6 +315,57 @@ async def test_one_connection_carries_several_messages_within_the_limit(
         assert await peer.inbox_count(box) == 7
 
 
+async def test_a_connection_is_kept_for_the_next_delivery_and_checked_before_reuse(
+    sqlite_url: str, write_config: ConfigWriter, tmp_path: Path
+) -> None:
+    box = f"secretariat@{HOPITAL_A}"
+    async with (
+        # The peer drops a connection idle for 1 s (its idle timeout).
+        running_peer(
+            sqlite_url,
+            tmp_path / "a",
+            "peer-a",
+            HOPITAL_A,
+            (box,),
+            relay_options="idle_timeout_seconds = 1",
+        ) as peer,
+        sender(
+            write_config,
+            peer.running.store,
+            {HOPITAL_A: peer.port},
+            outbound="connection_cache_seconds = 60",
+        ) as ours,
+    ):
+        (first,) = await ours.deliver(HOPITAL_A, [out([box], ref="m1")])
+        (second,) = await ours.deliver(HOPITAL_A, [out([box], ref="m2")])
+        assert first.connection is not None and second.connection == first.connection
+        await asyncio.sleep(1.5)  # past the peer's idle timeout: it has closed our connection
+        (third,) = await ours.deliver(HOPITAL_A, [out([box], ref="m3")])
+        assert third.recipients[0].status is Status.DELIVERED  # RSET failed: a new connection
+        assert third.connection not in (None, first.connection)
+        assert await peer.inbox_count(box) == 3
+
+
+async def test_no_connection_cache_closes_after_each_delivery(
+    sqlite_url: str, write_config: ConfigWriter, tmp_path: Path
+) -> None:
+    box = f"secretariat@{HOPITAL_A}"
+    async with (
+        running_peer(sqlite_url, tmp_path / "a", "peer-a", HOPITAL_A, (box,)) as peer,
+        sender(
+            write_config,
+            peer.running.store,
+            {HOPITAL_A: peer.port},
+            outbound="connection_cache_seconds = 0",
+        ) as ours,
+    ):
+        (first,) = await ours.deliver(HOPITAL_A, [out([box], ref="m1")])
+        (second,) = await ours.deliver(HOPITAL_A, [out([box], ref="m2")])
+        assert None not in (first.connection, second.connection)
+        assert first.connection != second.connection
+        assert await peer.inbox_count(box) == 2
+
+
 async def test_the_per_destination_limit_holds_across_callers(
     sqlite_url: str, write_config: ConfigWriter, tmp_path: Path
 ) -> None:
